@@ -1,0 +1,517 @@
+//! Directives, their defaults, and merging.
+//!
+//! Every directive of SPEC.md's table lives here. Values that nginx's own slot
+//! functions can parse (times, sizes, numbers, complex values, predicates) use
+//! them, so syntax errors are reported by `nginx -t` exactly as for nginx's own
+//! directives (`"rcache_read_timeout" directive invalid value in ...`).
+
+use core::ffi::{c_char, c_void, CStr};
+use core::mem::offset_of;
+use core::ptr;
+
+use ngx::core::{NGX_CONF_ERROR, NGX_CONF_OK};
+use ngx::ffi::*;
+use ngx::http::{HttpModuleLocationConf, NgxHttpCoreModule};
+use ngx::{ngx_conf_log_error, ngx_string};
+
+use crate::handler;
+use crate::target::Target;
+
+const UNSET_PTR: *mut c_void = usize::MAX as *mut c_void;
+const UNSET_MSEC: ngx_msec_t = ngx_msec_t::MAX;
+const UNSET_SIZE: usize = usize::MAX;
+const UNSET: ngx_int_t = -1;
+
+/// Defaults (SPEC.md): a cache must fail fast.
+const DEFAULT_CONNECT_TIMEOUT: ngx_msec_t = 200;
+const DEFAULT_SEND_TIMEOUT: ngx_msec_t = 200;
+const DEFAULT_READ_TIMEOUT: ngx_msec_t = 500;
+const DEFAULT_KEEPALIVE: ngx_int_t = 64;
+const DEFAULT_MAX_SIZE: usize = 4 * 1024 * 1024;
+const DEFAULT_METHODS: ngx_uint_t = (NGX_HTTP_GET | NGX_HTTP_HEAD) as ngx_uint_t;
+
+/// First read from memcached: large enough that a typical page (header line,
+/// value and `END`) arrives in one `recv`; larger values get a buffer sized
+/// from the length in the reply.
+pub const FIRST_READ_SIZE: usize = 16 * 1024;
+
+/// Per-location configuration.
+#[repr(C)]
+pub struct LocConf {
+    /// Timeouts and the upstream (`rcache_pass`) for nginx's upstream framework.
+    pub upstream: ngx_http_upstream_conf_t,
+    /// `rcache_key`; NULL means `$uri`.
+    pub key: *mut ngx_http_complex_value_t,
+    /// `rcache_fallback`; NULL means none.
+    pub fallback: *mut ngx_http_complex_value_t,
+    /// `rcache_bypass` predicates; NULL means none.
+    pub bypass: *mut ngx_array_t,
+    /// `rcache_methods` as a bitmask of `NGX_HTTP_*` methods.
+    pub methods: ngx_uint_t,
+    /// `rcache_keepalive`.
+    pub keepalive: ngx_int_t,
+    /// `rcache_max_size`.
+    pub max_size: usize,
+    /// `rcache_gzip_flag`.
+    pub gzip_flag: ngx_int_t,
+    /// The upstream's pooling and failure state, shared by every location
+    /// that passes to the same upstream.
+    pub target: *mut Target,
+}
+
+impl LocConf {
+    /// Flag bits of values that are gzip bytes (0: none).
+    pub fn gzip_mask(&self) -> u32 {
+        // Bounded to u32 at configuration time.
+        self.gzip_flag as u32
+    }
+
+    /// Idle connections to keep per server.
+    pub fn keepalive(&self) -> usize {
+        self.keepalive.max(0) as usize
+    }
+}
+
+/// Main (http-level) configuration.
+#[repr(C)]
+pub struct MainConf {
+    /// Every upstream used by `rcache_pass`, as `*mut Target`.
+    pub targets: *mut ngx_array_t,
+    /// Index of `$rcache_status` in `r->variables`.
+    pub status_index: ngx_int_t,
+}
+
+pub unsafe extern "C" fn create_main_conf(cf: *mut ngx_conf_t) -> *mut c_void {
+    // SAFETY: cf is valid during configuration; pcalloc zeroes the struct.
+    unsafe {
+        let mcf = ngx_pcalloc((*cf).pool, size_of::<MainConf>()) as *mut MainConf;
+        if mcf.is_null() {
+            return ptr::null_mut();
+        }
+        (*mcf).targets = ngx_array_create((*cf).pool, 4, size_of::<*mut Target>());
+        if (*mcf).targets.is_null() {
+            return ptr::null_mut();
+        }
+        (*mcf).status_index = UNSET;
+        mcf.cast()
+    }
+}
+
+pub unsafe extern "C" fn create_loc_conf(cf: *mut ngx_conf_t) -> *mut c_void {
+    // SAFETY: cf is valid during configuration; pcalloc zeroes the struct, so
+    // the pointers start NULL (unset) and the hard-coded upstream fields are 0.
+    unsafe {
+        let conf = ngx_pcalloc((*cf).pool, size_of::<LocConf>()) as *mut LocConf;
+        if conf.is_null() {
+            return ptr::null_mut();
+        }
+        let c = &mut *conf;
+        c.upstream.local = UNSET_PTR.cast();
+        c.upstream.connect_timeout = UNSET_MSEC;
+        c.upstream.send_timeout = UNSET_MSEC;
+        c.upstream.read_timeout = UNSET_MSEC;
+
+        // Hard-coded: rcache reads the whole reply itself and answers or
+        // redirects on its own; nginx only carries the bytes.
+        c.upstream.buffer_size = FIRST_READ_SIZE;
+        c.upstream.buffering = 0;
+        c.upstream.ignore_client_abort = 0;
+        c.upstream.pass_request_headers = 0;
+        c.upstream.pass_request_body = 0;
+        c.upstream.next_upstream_tries = 0;
+        c.upstream.next_upstream_timeout = 0;
+        // Every failure goes back through the balancer (peer.get), where
+        // rcache decides between another server and the fallback.
+        c.upstream.next_upstream = (NGX_HTTP_UPSTREAM_FT_ERROR
+            | NGX_HTTP_UPSTREAM_FT_TIMEOUT
+            | NGX_HTTP_UPSTREAM_FT_INVALID_HEADER
+            | NGX_HTTP_UPSTREAM_FT_NOLIVE
+            | NGX_HTTP_UPSTREAM_FT_NON_IDEMPOTENT) as ngx_uint_t;
+
+        c.bypass = UNSET_PTR.cast();
+        c.methods = 0;
+        c.keepalive = UNSET;
+        c.max_size = UNSET_SIZE;
+        c.gzip_flag = UNSET;
+        conf.cast()
+    }
+}
+
+pub unsafe extern "C" fn merge_loc_conf(
+    _cf: *mut ngx_conf_t,
+    parent: *mut c_void,
+    child: *mut c_void,
+) -> *mut c_char {
+    // SAFETY: nginx passes two LocConf created by create_loc_conf.
+    let (prev, conf) = unsafe { (&*(parent as *const LocConf), &mut *(child as *mut LocConf)) };
+
+    merge_ptr(&mut conf.upstream.local, prev.upstream.local);
+    merge_msec(
+        &mut conf.upstream.connect_timeout,
+        prev.upstream.connect_timeout,
+        DEFAULT_CONNECT_TIMEOUT,
+    );
+    merge_msec(
+        &mut conf.upstream.send_timeout,
+        prev.upstream.send_timeout,
+        DEFAULT_SEND_TIMEOUT,
+    );
+    merge_msec(
+        &mut conf.upstream.read_timeout,
+        prev.upstream.read_timeout,
+        DEFAULT_READ_TIMEOUT,
+    );
+    if conf.upstream.upstream.is_null() {
+        conf.upstream.upstream = prev.upstream.upstream;
+        conf.target = prev.target;
+    }
+
+    if conf.key.is_null() {
+        conf.key = prev.key;
+    }
+    if conf.fallback.is_null() {
+        conf.fallback = prev.fallback;
+    }
+    merge_ptr(&mut conf.bypass, prev.bypass);
+    if conf.methods == 0 {
+        conf.methods = if prev.methods == 0 {
+            DEFAULT_METHODS
+        } else {
+            prev.methods
+        };
+    }
+    merge_int(&mut conf.keepalive, prev.keepalive, DEFAULT_KEEPALIVE);
+    if conf.max_size == UNSET_SIZE {
+        conf.max_size = if prev.max_size == UNSET_SIZE {
+            DEFAULT_MAX_SIZE
+        } else {
+            prev.max_size
+        };
+    }
+    merge_int(&mut conf.gzip_flag, prev.gzip_flag, 0);
+    NGX_CONF_OK
+}
+
+fn merge_ptr<T>(conf: &mut *mut T, prev: *mut T) {
+    if *conf == UNSET_PTR.cast() {
+        *conf = if prev == UNSET_PTR.cast() {
+            ptr::null_mut()
+        } else {
+            prev
+        };
+    }
+}
+
+fn merge_msec(conf: &mut ngx_msec_t, prev: ngx_msec_t, default: ngx_msec_t) {
+    if *conf == UNSET_MSEC {
+        *conf = if prev == UNSET_MSEC { default } else { prev };
+    }
+}
+
+fn merge_int(conf: &mut ngx_int_t, prev: ngx_int_t, default: ngx_int_t) {
+    if *conf == UNSET {
+        *conf = if prev == UNSET { default } else { prev };
+    }
+}
+
+/// The arguments of the directive being parsed.
+///
+/// # Safety
+/// `cf` must be the `ngx_conf_t` passed to a directive handler.
+unsafe fn args<'a>(cf: *mut ngx_conf_t) -> &'a [ngx_str_t] {
+    // SAFETY: during a directive handler cf->args holds its ngx_str_t arguments.
+    unsafe { (*(*cf).args).as_slice() }
+}
+
+/// `rcache_pass ADDRESS | UPSTREAM;`
+unsafe extern "C" fn set_pass(
+    cf: *mut ngx_conf_t,
+    _cmd: *mut ngx_command_t,
+    conf: *mut c_void,
+) -> *mut c_char {
+    // SAFETY: conf is this module's LocConf; cf is valid while parsing.
+    unsafe {
+        let lcf = &mut *(conf as *mut LocConf);
+        if !lcf.upstream.upstream.is_null() {
+            return c"is duplicate".as_ptr().cast_mut();
+        }
+        let value = args(cf)[1];
+
+        let mut url: ngx_url_t = core::mem::zeroed();
+        url.url = value;
+        url.set_no_resolve(1);
+
+        // Parse once here so a bad address is reported with this directive's
+        // name, then let nginx create (or find) the upstream.
+        let mut probe = url;
+        if ngx_parse_url((*cf).pool, &mut probe) != NGX_OK as ngx_int_t {
+            let err = if probe.err.is_null() {
+                "invalid address"
+            } else {
+                CStr::from_ptr(probe.err)
+                    .to_str()
+                    .unwrap_or("invalid address")
+            };
+            ngx_conf_log_error!(
+                NGX_LOG_EMERG,
+                cf,
+                "{} in \"{}\" of the \"rcache_pass\" directive",
+                err,
+                value
+            );
+            return NGX_CONF_ERROR;
+        }
+
+        let uscf = ngx_http_upstream_add(cf, &mut url, 0);
+        if uscf.is_null() {
+            return NGX_CONF_ERROR;
+        }
+        lcf.upstream.upstream = uscf;
+        lcf.target = match Target::for_upstream(cf, uscf) {
+            Some(t) => t,
+            None => return NGX_CONF_ERROR,
+        };
+
+        let Some(clcf) = NgxHttpCoreModule::location_conf_mut(&*cf) else {
+            return NGX_CONF_ERROR;
+        };
+        clcf.handler = Some(handler::content_handler);
+        if clcf.name.as_bytes().ends_with(b"/") {
+            clcf.set_auto_redirect(1);
+        }
+        NGX_CONF_OK
+    }
+}
+
+/// `rcache_fallback URI | @NAME;`
+unsafe extern "C" fn set_fallback(
+    cf: *mut ngx_conf_t,
+    _cmd: *mut ngx_command_t,
+    conf: *mut c_void,
+) -> *mut c_char {
+    // SAFETY: conf is this module's LocConf; cf is valid while parsing.
+    unsafe {
+        let lcf = &mut *(conf as *mut LocConf);
+        if !lcf.fallback.is_null() {
+            return c"is duplicate".as_ptr().cast_mut();
+        }
+        let mut value = args(cf)[1];
+        let bytes = value.as_bytes();
+        // A literal must name a URI or a named location; a value starting with
+        // a variable is checked when it is evaluated.
+        if !matches!(bytes.first(), Some(b'/' | b'@' | b'$')) {
+            ngx_conf_log_error!(
+                NGX_LOG_EMERG,
+                cf,
+                "\"rcache_fallback\" must be a URI starting with \"/\" or a named location \
+                 starting with \"@\", not \"{}\"",
+                value
+            );
+            return NGX_CONF_ERROR;
+        }
+
+        let cv = ngx_pcalloc((*cf).pool, size_of::<ngx_http_complex_value_t>())
+            as *mut ngx_http_complex_value_t;
+        if cv.is_null() {
+            return NGX_CONF_ERROR;
+        }
+        let mut ccv: ngx_http_compile_complex_value_t = core::mem::zeroed();
+        ccv.cf = cf;
+        ccv.value = &mut value;
+        ccv.complex_value = cv;
+        if ngx_http_compile_complex_value(&mut ccv) != NGX_OK as ngx_int_t {
+            return NGX_CONF_ERROR;
+        }
+        lcf.fallback = cv;
+        NGX_CONF_OK
+    }
+}
+
+/// Methods `rcache_methods` accepts (the methods nginx parses).
+const METHODS: &[(&[u8], u32)] = &[
+    (b"GET", NGX_HTTP_GET),
+    (b"HEAD", NGX_HTTP_HEAD),
+    (b"POST", NGX_HTTP_POST),
+    (b"PUT", NGX_HTTP_PUT),
+    (b"DELETE", NGX_HTTP_DELETE),
+    (b"MKCOL", NGX_HTTP_MKCOL),
+    (b"COPY", NGX_HTTP_COPY),
+    (b"MOVE", NGX_HTTP_MOVE),
+    (b"OPTIONS", NGX_HTTP_OPTIONS),
+    (b"PROPFIND", NGX_HTTP_PROPFIND),
+    (b"PROPPATCH", NGX_HTTP_PROPPATCH),
+    (b"LOCK", NGX_HTTP_LOCK),
+    (b"UNLOCK", NGX_HTTP_UNLOCK),
+    (b"PATCH", NGX_HTTP_PATCH),
+    (b"TRACE", NGX_HTTP_TRACE),
+];
+
+/// Parses a method name into its `NGX_HTTP_*` bit.
+pub fn method_bit(name: &[u8]) -> Option<u32> {
+    METHODS
+        .iter()
+        .find(|(n, _)| *n == name)
+        .map(|&(_, bit)| bit)
+}
+
+/// `rcache_methods METHOD ...;`
+unsafe extern "C" fn set_methods(
+    cf: *mut ngx_conf_t,
+    _cmd: *mut ngx_command_t,
+    conf: *mut c_void,
+) -> *mut c_char {
+    // SAFETY: conf is this module's LocConf; cf is valid while parsing.
+    unsafe {
+        let lcf = &mut *(conf as *mut LocConf);
+        if lcf.methods != 0 {
+            return c"is duplicate".as_ptr().cast_mut();
+        }
+        let mut mask = 0;
+        for name in &args(cf)[1..] {
+            match method_bit(name.as_bytes()) {
+                Some(bit) => mask |= bit as ngx_uint_t,
+                None => {
+                    ngx_conf_log_error!(
+                        NGX_LOG_EMERG,
+                        cf,
+                        "invalid method \"{}\" in the \"rcache_methods\" directive",
+                        name
+                    );
+                    return NGX_CONF_ERROR;
+                }
+            }
+        }
+        lcf.methods = mask;
+        NGX_CONF_OK
+    }
+}
+
+/// `rcache_gzip_flag` must fit memcached's 32-bit flags.
+static mut GZIP_FLAG_BOUNDS: ngx_conf_num_bounds_t = ngx_conf_num_bounds_t {
+    post_handler: Some(ngx_conf_check_num_bounds),
+    low: 0,
+    high: u32::MAX as ngx_int_t,
+};
+
+/// `rcache_keepalive` is a count of connections.
+static mut KEEPALIVE_BOUNDS: ngx_conf_num_bounds_t = ngx_conf_num_bounds_t {
+    post_handler: Some(ngx_conf_check_num_bounds),
+    low: 0,
+    high: 65535,
+};
+
+const ANY: u32 = NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_HTTP_LOC_CONF;
+const LOC_OFFSET: ngx_uint_t = NGX_HTTP_LOC_CONF_OFFSET;
+
+const fn command(
+    name: ngx_str_t,
+    type_: u32,
+    set: unsafe extern "C" fn(*mut ngx_conf_t, *mut ngx_command_t, *mut c_void) -> *mut c_char,
+    offset: usize,
+    post: *mut c_void,
+) -> ngx_command_t {
+    ngx_command_t {
+        name,
+        type_: type_ as ngx_uint_t,
+        set: Some(set),
+        conf: LOC_OFFSET,
+        offset,
+        post,
+    }
+}
+
+/// The module's directives.
+pub static mut COMMANDS: [ngx_command_t; 12] = [
+    command(
+        ngx_string!("rcache_pass"),
+        NGX_HTTP_LOC_CONF | NGX_HTTP_LIF_CONF | NGX_CONF_TAKE1,
+        set_pass,
+        0,
+        ptr::null_mut(),
+    ),
+    command(
+        ngx_string!("rcache_key"),
+        ANY | NGX_CONF_TAKE1,
+        ngx_http_set_complex_value_slot,
+        offset_of!(LocConf, key),
+        ptr::null_mut(),
+    ),
+    command(
+        ngx_string!("rcache_fallback"),
+        ANY | NGX_CONF_TAKE1,
+        set_fallback,
+        0,
+        ptr::null_mut(),
+    ),
+    command(
+        ngx_string!("rcache_bypass"),
+        ANY | NGX_CONF_1MORE,
+        ngx_http_set_predicate_slot,
+        offset_of!(LocConf, bypass),
+        ptr::null_mut(),
+    ),
+    command(
+        ngx_string!("rcache_methods"),
+        ANY | NGX_CONF_1MORE,
+        set_methods,
+        0,
+        ptr::null_mut(),
+    ),
+    command(
+        ngx_string!("rcache_connect_timeout"),
+        ANY | NGX_CONF_TAKE1,
+        ngx_conf_set_msec_slot,
+        offset_of!(LocConf, upstream.connect_timeout),
+        ptr::null_mut(),
+    ),
+    command(
+        ngx_string!("rcache_send_timeout"),
+        ANY | NGX_CONF_TAKE1,
+        ngx_conf_set_msec_slot,
+        offset_of!(LocConf, upstream.send_timeout),
+        ptr::null_mut(),
+    ),
+    command(
+        ngx_string!("rcache_read_timeout"),
+        ANY | NGX_CONF_TAKE1,
+        ngx_conf_set_msec_slot,
+        offset_of!(LocConf, upstream.read_timeout),
+        ptr::null_mut(),
+    ),
+    command(
+        ngx_string!("rcache_keepalive"),
+        ANY | NGX_CONF_TAKE1,
+        ngx_conf_set_num_slot,
+        offset_of!(LocConf, keepalive),
+        ptr::addr_of_mut!(KEEPALIVE_BOUNDS).cast(),
+    ),
+    command(
+        ngx_string!("rcache_max_size"),
+        ANY | NGX_CONF_TAKE1,
+        ngx_conf_set_size_slot,
+        offset_of!(LocConf, max_size),
+        ptr::null_mut(),
+    ),
+    command(
+        ngx_string!("rcache_gzip_flag"),
+        ANY | NGX_CONF_TAKE1,
+        ngx_conf_set_num_slot,
+        offset_of!(LocConf, gzip_flag),
+        ptr::addr_of_mut!(GZIP_FLAG_BOUNDS).cast(),
+    ),
+    ngx_command_t::empty(),
+];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn methods_are_case_sensitive_and_known() {
+        assert_eq!(method_bit(b"GET"), Some(NGX_HTTP_GET));
+        assert_eq!(method_bit(b"PATCH"), Some(NGX_HTTP_PATCH));
+        assert_eq!(method_bit(b"get"), None);
+        assert_eq!(method_bit(b"FETCH"), None);
+        assert_eq!(method_bit(b""), None);
+    }
+}

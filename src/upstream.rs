@@ -1,0 +1,393 @@
+//! The memcached exchange, on nginx's upstream framework.
+//!
+//! nginx connects (through the balancer and rcache's pool, see `peer.rs`),
+//! sends `get <key>`, and reads with rcache's timeouts; `process_header` is
+//! fed everything received so far and reads the *whole* reply before deciding
+//! anything. As soon as the reply says the key is stored, the buffer is
+//! resized to hold the entire reply (bounded by `rcache_max_size`), so a large
+//! page is read in a few big `recv`s instead of buffer-size pieces, and no
+//! header is sent to the client before every byte of the value is here.
+//!
+//! Once the reply is complete (or broken), rcache takes the request over from
+//! the upstream module: it finishes the upstream — which releases the
+//! connection to the pool at once, before the client is written to — and then
+//! answers the HIT itself or redirects to the fallback (`handler.rs`).
+
+use core::ffi::c_void;
+use core::ptr;
+use core::slice;
+
+use ngx::ffi::*;
+use ngx::{ngx_log_error, ngx_string};
+
+use crate::handler::{self, Verdict};
+use crate::protocol::{self, Parsed, ValueHeader};
+
+/// Why memcached could not be used for a request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Failure {
+    /// Connection refused or reset, premature close.
+    Error,
+    /// Connect, send or read timeout.
+    Timeout,
+    /// The balancer has no live server.
+    NoLiveServers,
+    /// A reply that is not a valid answer to our `get`.
+    Protocol,
+}
+
+impl Failure {
+    /// The status nginx's upstream module would have used (for locations
+    /// without a fallback, so that `error_page` works as with stock nginx).
+    pub fn status(self) -> ngx_int_t {
+        match self {
+            Failure::Timeout => NGX_HTTP_GATEWAY_TIME_OUT as ngx_int_t,
+            _ => NGX_HTTP_BAD_GATEWAY as ngx_int_t,
+        }
+    }
+}
+
+/// Per-request state of a lookup.
+#[derive(Clone, Copy)]
+struct Lookup {
+    /// `get <key>\r\n`.
+    request: *mut ngx_chain_t,
+    /// The escaped key, inside `request`.
+    key: *const u8,
+    key_len: usize,
+}
+
+impl Lookup {
+    fn key(&self) -> &[u8] {
+        // SAFETY: key points into the request buffer, which lives in r->pool.
+        unsafe { slice::from_raw_parts(self.key, self.key_len) }
+    }
+}
+
+/// Starts the lookup of `raw_key` (unescaped; `escaped_len` bytes once
+/// escaped, at most 250). Returns what the content handler returns.
+///
+/// # Safety
+/// `r` must be the request in its content phase.
+pub unsafe fn start(r: *mut ngx_http_request_t, raw_key: &[u8], escaped_len: usize) -> ngx_int_t {
+    // SAFETY: r is a live request; everything allocated comes from its pool.
+    unsafe {
+        let Some(lookup) = build_request(r, raw_key, escaped_len) else {
+            return NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t;
+        };
+        *(*r).ctx.add(crate::module().ctx_index) = lookup.cast();
+
+        if ngx_http_upstream_create(r) != NGX_OK as ngx_int_t {
+            return NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t;
+        }
+        let u = &mut *(*r).upstream;
+        u.schema = ngx_string!("memcached://");
+        u.output.tag = ptr::from_ref(crate::module()).cast_mut().cast();
+        u.conf = &mut crate::loc_conf_mut(r).upstream;
+        u.create_request = Some(create_request);
+        u.reinit_request = Some(reinit_request);
+        u.process_header = Some(process_header);
+        u.abort_request = Some(abort_request);
+        u.finalize_request = Some(finalize_request);
+
+        // A request body is read before the lookup, so that whoever answers
+        // — rcache on a HIT, the fallback on a MISS — finds it intact.
+        if has_body(r) {
+            let rc = ngx_http_read_client_request_body(r, Some(ngx_http_upstream_init));
+            if rc >= NGX_HTTP_SPECIAL_RESPONSE as ngx_int_t {
+                return rc;
+            }
+            return NGX_DONE as ngx_int_t;
+        }
+
+        let main = &mut *(*r).main;
+        main.set_count(main.count() + 1);
+        ngx_http_upstream_init(r);
+        NGX_DONE as ngx_int_t
+    }
+}
+
+/// Whether `u` is an rcache lookup.
+///
+/// # Safety
+/// `u` must be a live upstream.
+pub unsafe fn is_rcache(u: *const ngx_http_upstream_t) -> bool {
+    // SAFETY: reading a field of a live upstream.
+    unsafe { ptr::eq((*u).output.tag.cast::<ngx_module_t>(), crate::module()) }
+}
+
+/// # Safety
+/// `r` must be a live request.
+unsafe fn has_body(r: *const ngx_http_request_t) -> bool {
+    // SAFETY: reading request headers.
+    unsafe {
+        let h = &(*r).headers_in;
+        h.content_length_n > 0 || h.chunked() != 0
+    }
+}
+
+/// Builds `get <key>\r\n` in one buffer and the lookup state pointing at it.
+///
+/// # Safety
+/// `r` must be a live request.
+unsafe fn build_request(
+    r: *mut ngx_http_request_t,
+    raw_key: &[u8],
+    escaped_len: usize,
+) -> Option<*mut Lookup> {
+    // SAFETY: all memory comes from r->pool and is written before use.
+    unsafe {
+        let pool = (*r).pool;
+        let len = protocol::get_request_len(escaped_len);
+        let b = ngx_create_temp_buf(pool, len);
+        let cl = ngx_alloc_chain_link(pool);
+        let lookup = ngx_palloc(pool, size_of::<Lookup>()) as *mut Lookup;
+        if b.is_null() || cl.is_null() || lookup.is_null() {
+            return None;
+        }
+        let out = slice::from_raw_parts_mut((*b).start, len);
+        let (get, rest) = out.split_at_mut(protocol::GET.len());
+        get.copy_from_slice(protocol::GET);
+        let (key, crlf) = rest.split_at_mut(escaped_len);
+        crate::key::write_escaped(raw_key, key);
+        crlf.copy_from_slice(protocol::CRLF);
+        (*b).last = (*b).start.add(len);
+
+        (*cl).buf = b;
+        (*cl).next = ptr::null_mut();
+        ptr::write(
+            lookup,
+            Lookup {
+                request: cl,
+                key: (*b).start.add(protocol::GET.len()),
+                key_len: escaped_len,
+            },
+        );
+        Some(lookup)
+    }
+}
+
+unsafe extern "C" fn create_request(r: *mut ngx_http_request_t) -> ngx_int_t {
+    // SAFETY: the lookup ctx was set by start() before the upstream began.
+    unsafe {
+        let Some(lookup) = lookup(r) else {
+            return NGX_ERROR as ngx_int_t;
+        };
+        (*(*r).upstream).request_bufs = lookup.request;
+    }
+    NGX_OK as ngx_int_t
+}
+
+/// Before a retry on another connection; nginx rewinds the request and
+/// reply buffers itself, and the parser keeps no state of its own.
+unsafe extern "C" fn reinit_request(_r: *mut ngx_http_request_t) -> ngx_int_t {
+    NGX_OK as ngx_int_t
+}
+
+unsafe extern "C" fn abort_request(_r: *mut ngx_http_request_t) {}
+
+unsafe extern "C" fn finalize_request(_r: *mut ngx_http_request_t, _rc: ngx_int_t) {}
+
+/// Called with everything received so far (from `u->buffer.pos`).
+unsafe extern "C" fn process_header(r: *mut ngx_http_request_t) -> ngx_int_t {
+    // SAFETY: nginx calls this with a live request whose upstream buffer
+    // holds the bytes received; the lookup ctx was set by start().
+    unsafe {
+        let Some(lookup) = lookup(r) else {
+            return NGX_ERROR as ngx_int_t;
+        };
+        let u = &mut *(*r).upstream;
+        let received = slice::from_raw_parts(
+            u.buffer.pos,
+            u.buffer.last.offset_from(u.buffer.pos) as usize,
+        );
+
+        match protocol::parse_reply(received, lookup.key()) {
+            Ok(Parsed::NeedLine) => NGX_AGAIN as ngx_int_t,
+
+            Ok(Parsed::NeedValue { header, reply_len }) => {
+                if let Err(verdict) = servable(r, &header, lookup.key()) {
+                    // The value is not read: the connection is not reusable.
+                    return take_over(r, Outcome::NotServed(verdict));
+                }
+                // Room for the whole reply plus one byte, so that anything
+                // sent after END shows up as trailing data.
+                if !grow_buffer(r, reply_len + 1) {
+                    return NGX_ERROR as ngx_int_t;
+                }
+                NGX_AGAIN as ngx_int_t
+            }
+
+            Ok(Parsed::Miss) => {
+                u.set_keepalive(1);
+                take_over(r, Outcome::NotServed(Verdict::Miss))
+            }
+
+            Ok(Parsed::Hit(header)) => {
+                u.set_keepalive(1);
+                match servable(r, &header, lookup.key()) {
+                    Err(verdict) => take_over(r, Outcome::NotServed(verdict)),
+                    Ok(()) => {
+                        let value = &received[header.value_range()];
+                        take_over(r, Outcome::Hit(value, header.flags))
+                    }
+                }
+            }
+
+            Err(err) => {
+                ngx_log_error!(
+                    NGX_LOG_ERR,
+                    (*(*r).connection).log,
+                    "rcache: {} for key \"{}\" while reading response from upstream",
+                    err,
+                    String::from_utf8_lossy(lookup.key())
+                );
+                take_over(r, Outcome::NotServed(Verdict::Error(Failure::Protocol)))
+            }
+        }
+    }
+}
+
+/// Whether a stored value can be served as a page; if not, why (logged at
+/// `info`, as SPEC.md asks).
+///
+/// # Safety
+/// `r` must be a live rcache request.
+unsafe fn servable(
+    r: *mut ngx_http_request_t,
+    header: &ValueHeader,
+    key: &[u8],
+) -> Result<(), Verdict> {
+    // SAFETY: reading the location conf and logging on a live request.
+    unsafe {
+        let lcf = crate::loc_conf(r);
+        let log = (*(*r).connection).log;
+        if header.len > lcf.max_size {
+            ngx_log_error!(
+                NGX_LOG_INFO,
+                log,
+                "rcache: value of key \"{}\" is {} bytes, more than rcache_max_size {}: MISS",
+                String::from_utf8_lossy(key),
+                header.len,
+                lcf.max_size
+            );
+            return Err(Verdict::Miss);
+        }
+        if !handler::page_flags(header.flags, lcf.gzip_mask()) {
+            ngx_log_error!(
+                NGX_LOG_INFO,
+                log,
+                "rcache: value of key \"{}\" has flags {}, not a page: MISS",
+                String::from_utf8_lossy(key),
+                header.flags
+            );
+            return Err(Verdict::Miss);
+        }
+    }
+    Ok(())
+}
+
+/// Makes the reply buffer hold at least `size` bytes, keeping what it has.
+///
+/// # Safety
+/// `r` must be a live request with an upstream buffer.
+unsafe fn grow_buffer(r: *mut ngx_http_request_t, size: usize) -> bool {
+    // SAFETY: the new buffer comes from r->pool; the old one is released to
+    // it (ngx_pfree frees only large blocks, which a 16k buffer is).
+    unsafe {
+        let b = &mut (*(*r).upstream).buffer;
+        let capacity = b.end.offset_from(b.start) as usize;
+        if capacity >= size {
+            return true;
+        }
+        let start = ngx_palloc((*r).pool, size) as *mut u8;
+        if start.is_null() {
+            return false;
+        }
+        let have = b.last.offset_from(b.pos) as usize;
+        ptr::copy_nonoverlapping(b.pos, start, have);
+        ngx_pfree((*r).pool, b.start.cast());
+        b.start = start;
+        b.pos = start;
+        b.last = start.add(have);
+        b.end = start.add(size);
+        true
+    }
+}
+
+/// How a lookup ends.
+enum Outcome<'a> {
+    Hit(&'a [u8], u32),
+    NotServed(Verdict),
+}
+
+/// Nothing could be looked up: no server left, or memcached failed.
+///
+/// # Safety
+/// `r` must be an rcache request inside nginx's upstream connect path (a
+/// balancer `get`); the caller must then return `NGX_ERROR`.
+pub unsafe fn give_up(r: *mut ngx_http_request_t, failure: Failure) {
+    // SAFETY: forwarded contract.
+    unsafe {
+        take_over(r, Outcome::NotServed(Verdict::Error(failure)));
+    }
+}
+
+/// Ends the upstream part of `r` and answers it (HIT) or redirects it
+/// (MISS/ERROR). Returns `NGX_ERROR`, which the caller — an upstream
+/// callback — passes back to nginx.
+///
+/// nginx then finalizes the upstream "again": it sees it is already finished
+/// and only drops one request reference (`ngx_http_finalize_request(r,
+/// NGX_DONE)`), which is why one reference is taken here first.
+///
+/// # Safety
+/// `r` must be an rcache request whose upstream has not been finalized, and
+/// nginx must not use the upstream connection after this returns.
+unsafe fn take_over(r: *mut ngx_http_request_t, outcome: Outcome) -> ngx_int_t {
+    // SAFETY: see above; the value slice points into r->pool memory, which
+    // outlives the upstream.
+    unsafe {
+        let main = &mut *(*r).main;
+        // For the NGX_DONE nginx will finalize with after we return.
+        main.set_count(main.count() + 1);
+        finish_upstream(r);
+
+        let rc = match outcome {
+            Outcome::Hit(value, flags) => handler::serve_hit(r, value, flags),
+            Outcome::NotServed(verdict) => handler::fall_back(r, verdict),
+        };
+        ngx_http_finalize_request(r, rc);
+    }
+    NGX_ERROR as ngx_int_t
+}
+
+/// Finishes the upstream the way `ngx_http_upstream_create()` finishes a
+/// previous one: one extra reference, then the upstream's cleanup handler,
+/// which frees the peer (parking the connection when it is reusable), closes
+/// it otherwise, and drops that reference.
+///
+/// # Safety
+/// `r` must have an upstream with its cleanup still registered.
+unsafe fn finish_upstream(r: *mut ngx_http_request_t) {
+    // SAFETY: u->cleanup points at the handler field of the cleanup entry
+    // nginx registered with data = r.
+    unsafe {
+        let cleanup = (*(*r).upstream).cleanup;
+        if cleanup.is_null() {
+            return;
+        }
+        if let Some(handler) = *cleanup {
+            let main = &mut *(*r).main;
+            main.set_count(main.count() + 1);
+            handler(r.cast::<c_void>());
+        }
+    }
+}
+
+/// # Safety
+/// `r` must be a live request.
+unsafe fn lookup<'a>(r: *mut ngx_http_request_t) -> Option<&'a Lookup> {
+    // SAFETY: the ctx slot holds NULL or the Lookup set by start().
+    unsafe { (*(*r).ctx.add(crate::module().ctx_index) as *const Lookup).as_ref() }
+}
