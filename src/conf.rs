@@ -43,7 +43,7 @@ pub struct LocConf {
     /// `rcache_key`; NULL means `$uri`.
     pub key: *mut ngx_http_complex_value_t,
     /// `rcache_fallback`; NULL means none.
-    pub fallback: *mut ngx_http_complex_value_t,
+    pub fallback: *mut Fallback,
     /// `rcache_bypass` predicates; NULL means none.
     pub bypass: *mut ngx_array_t,
     /// `rcache_methods` as a bitmask of `NGX_HTTP_*` methods.
@@ -70,6 +70,18 @@ impl LocConf {
     pub fn keepalive(&self) -> usize {
         self.keepalive.max(0) as usize
     }
+}
+
+/// `rcache_fallback`: a URI (with an optional query string of its own) or a
+/// named location.
+#[repr(C)]
+pub struct Fallback {
+    /// The URI or `@name`.
+    pub target: ngx_http_complex_value_t,
+    /// What follows a literal `?`; NULL keeps the request's query string.
+    /// Split at configuration time, so that a `?` inside a variable's value
+    /// (`$uri` is decoded: `%3F` becomes `?`) never splits the URI.
+    pub args: *mut ngx_http_complex_value_t,
 }
 
 /// Main (http-level) configuration.
@@ -295,11 +307,10 @@ unsafe extern "C" fn set_fallback(
         if !lcf.fallback.is_null() {
             return c"is duplicate".as_ptr().cast_mut();
         }
-        let mut value = args(cf)[1];
-        let bytes = value.as_bytes();
+        let value = args(cf)[1];
         // A literal must name a URI or a named location; a value starting with
         // a variable is checked when it is evaluated.
-        if !matches!(bytes.first(), Some(b'/' | b'@' | b'$')) {
+        if !matches!(value.as_bytes().first(), Some(b'/' | b'@' | b'$')) {
             ngx_conf_log_error!(
                 NGX_LOG_EMERG,
                 cf,
@@ -310,20 +321,56 @@ unsafe extern "C" fn set_fallback(
             return NGX_CONF_ERROR;
         }
 
-        let cv = ngx_pcalloc((*cf).pool, size_of::<ngx_http_complex_value_t>())
-            as *mut ngx_http_complex_value_t;
-        if cv.is_null() {
+        let fb = ngx_pcalloc((*cf).pool, size_of::<Fallback>()) as *mut Fallback;
+        if fb.is_null() {
             return NGX_CONF_ERROR;
         }
+        let (target, query) = match value.as_bytes().iter().position(|&b| b == b'?') {
+            Some(q) => (
+                ngx_str_t {
+                    len: q,
+                    data: value.data,
+                },
+                Some(ngx_str_t {
+                    len: value.len - q - 1,
+                    data: value.data.add(q + 1),
+                }),
+            ),
+            None => (value, None),
+        };
+        if !compile(cf, target, &mut (*fb).target) {
+            return NGX_CONF_ERROR;
+        }
+        if let Some(query) = query {
+            let cv = ngx_pcalloc((*cf).pool, size_of::<ngx_http_complex_value_t>())
+                as *mut ngx_http_complex_value_t;
+            if cv.is_null() || !compile(cf, query, cv) {
+                return NGX_CONF_ERROR;
+            }
+            (*fb).args = cv;
+        }
+        lcf.fallback = fb;
+        NGX_CONF_OK
+    }
+}
+
+/// Compiles `value` (which may contain variables) into `cv`.
+///
+/// # Safety
+/// `cf` must be the configuration being parsed; `cv` must be writable.
+unsafe fn compile(
+    cf: *mut ngx_conf_t,
+    mut value: ngx_str_t,
+    cv: *mut ngx_http_complex_value_t,
+) -> bool {
+    // SAFETY: ccv is zeroed, then filled as ngx_http_compile_complex_value
+    // expects.
+    unsafe {
         let mut ccv: ngx_http_compile_complex_value_t = core::mem::zeroed();
         ccv.cf = cf;
         ccv.value = &mut value;
         ccv.complex_value = cv;
-        if ngx_http_compile_complex_value(&mut ccv) != NGX_OK as ngx_int_t {
-            return NGX_CONF_ERROR;
-        }
-        lcf.fallback = cv;
-        NGX_CONF_OK
+        ngx_http_compile_complex_value(&mut ccv) == NGX_OK as ngx_int_t
     }
 }
 

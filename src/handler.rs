@@ -194,8 +194,9 @@ pub unsafe fn fall_back(r: *mut ngx_http_request_t, verdict: Verdict) -> ngx_int
         if lcf.fallback.is_null() {
             return verdict.status_without_fallback();
         }
+        let fallback = &mut *lcf.fallback;
         let mut target = ngx_str_t::empty();
-        if ngx_http_complex_value(r, lcf.fallback, &mut target) != NGX_OK as ngx_int_t {
+        if ngx_http_complex_value(r, &mut fallback.target, &mut target) != NGX_OK as ngx_int_t {
             return NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t;
         }
         match pool_bytes(&target).first() {
@@ -203,13 +204,10 @@ pub unsafe fn fall_back(r: *mut ngx_http_request_t, verdict: Verdict) -> ngx_int
             Some(b'/') => {
                 // "/path?args" replaces the query string; "/path" keeps it.
                 let mut args = (*r).args;
-                let t = pool_bytes(&target);
-                if let Some(q) = t.iter().position(|&b| b == b'?') {
-                    args = ngx_str_t {
-                        len: t.len() - q - 1,
-                        data: target.data.add(q + 1),
-                    };
-                    target.len = q;
+                if !fallback.args.is_null()
+                    && ngx_http_complex_value(r, fallback.args, &mut args) != NGX_OK as ngx_int_t
+                {
+                    return NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t;
                 }
                 ngx_http_internal_redirect(r, &mut target, &mut args)
             }

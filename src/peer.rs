@@ -34,6 +34,9 @@ struct PeerData {
     balancer_data: *mut c_void,
     /// The balancer has no server left; the next `get` gives up.
     exhausted: bool,
+    /// A pooled connection failed: memcached may have restarted, leaving
+    /// every pooled connection to it stale. Try once more, on a new one.
+    fresh_only: bool,
     /// What the last failed attempt ran into.
     failure: Failure,
 }
@@ -80,6 +83,7 @@ pub unsafe extern "C" fn init_peer(
                 balancer_free: peer.free,
                 balancer_data: peer.data,
                 exhausted: false,
+                fresh_only: false,
                 failure: Failure::Error,
             },
         );
@@ -116,6 +120,9 @@ unsafe extern "C" fn get_peer(pc: *mut ngx_peer_connection_t, data: *mut c_void)
             return rc;
         }
         let addr = addr_bytes((*pc).sockaddr, (*pc).socklen);
+        if pd.fresh_only {
+            return NGX_OK as ngx_int_t;
+        }
         if let Some(c) = (*pd.target).idle.take(addr, (*pc).log) {
             (*pc).connection = c;
             (*pc).set_cached(1);
@@ -136,15 +143,20 @@ unsafe extern "C" fn free_peer(
         let pd = &mut *(data as *mut PeerData);
         let c = (*pc).connection;
         let failed = state & NGX_PEER_FAILED as ngx_uint_t != 0;
+        let mut retry_fresh = false;
 
         if failed {
-            pd.failure = if !c.is_null()
-                && ((*(*c).read).timedout() != 0 || (*(*c).write).timedout() != 0)
-            {
+            let timed_out =
+                !c.is_null() && ((*(*c).read).timedout() != 0 || (*(*c).write).timedout() != 0);
+            pd.failure = if timed_out {
                 Failure::Timeout
             } else {
                 Failure::Error
             };
+            // Once per request, and never after a timeout: a stalled server
+            // must cost one timeout, not two.
+            retry_fresh = (*pc).cached() != 0 && !timed_out && !pd.fresh_only;
+            pd.fresh_only |= retry_fresh;
         } else if !c.is_null() && reusable(pd.request, c) {
             let addr = addr_bytes((*pc).sockaddr, (*pc).socklen);
             if (*pd.target).idle.put(c, addr, pd.keepalive) {
@@ -157,10 +169,10 @@ unsafe extern "C" fn free_peer(
         }
 
         if failed && (*pc).tries == 0 {
-            // Make nginx call get_peer once more: that is where the request
-            // moves on to the fallback.
+            // Make nginx call get_peer once more: for the retry on a new
+            // connection, or to move the request on to the fallback.
             (*pc).tries = 1;
-            pd.exhausted = true;
+            pd.exhausted = !retry_fresh;
         }
     }
 }

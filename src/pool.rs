@@ -98,6 +98,9 @@ impl IdlePool {
             let cr = &mut *c;
             cr.set_idle(0);
             cr.sent = 0;
+            // A pooled connection that fails is retried on a new one (see
+            // peer.rs): its error is not worth more than an info line.
+            cr.set_log_error(ngx_connection_log_error_e_NGX_ERROR_INFO);
             cr.data = ptr::null_mut();
             cr.log = log;
             (*cr.read).log = log;
