@@ -173,7 +173,10 @@ fn proxy_pass_reaches_app_with_body_intact() {
         nginx.port(),
         "POST",
         "/dynamic/form?a=1&b=%20x",
-        &[("X-Test", "yes"), ("Content-Type", "application/octet-stream")],
+        &[
+            ("X-Test", "yes"),
+            ("Content-Type", "application/octet-stream"),
+        ],
         Some(&body),
     );
     assert_eq!(r.status, 200, "{}", r.text());
@@ -237,7 +240,11 @@ fn fake_memcached_split_reply_through_memcached_pass() {
     let fake = FakeMemcached::start(move |req| {
         let reply = value_reply(&req.key().expect("get has a key"), 0, &v);
         // Cut inside the VALUE line, inside the data, and inside the trailing END.
-        split(&reply, &[5, 20, 1500, reply.len() - 3], Duration::from_millis(30))
+        split(
+            &reply,
+            &[5, 20, 1500, reply.len() - 3],
+            Duration::from_millis(30),
+        )
     });
     let nginx = Nginx::builder()
         .with_module(false)
@@ -276,11 +283,15 @@ fn fake_memcached_faults_map_to_stock_errors() {
     // truncated body. (rcache must not: the fixtures can tell.)
     let short = http::try_request(port, "GET", "/short", &[], None);
     assert!(
-        short.as_ref().map_or(true, |r| r.status != 200 || r.body.len() < 10),
+        short
+            .as_ref()
+            .map_or(true, |r| r.status != 200 || r.body.len() < 10),
         "{short:?}"
     );
     assert_eq!(fake.wait_requests(5, SECOND).len(), 5);
-    assert!(nginx.error_log().contains("memcached sent invalid response"));
+    assert!(nginx
+        .error_log()
+        .contains("memcached sent invalid response"));
 }
 
 #[test]
@@ -295,7 +306,10 @@ fn blackhole_makes_connects_time_out() {
     let r = http::get(nginx.port(), "/x");
     assert_eq!(r.status, 504);
     let took = started.elapsed();
-    assert!(took >= Duration::from_millis(150) && took < Duration::from_secs(3), "{took:?}");
+    assert!(
+        took >= Duration::from_millis(150) && took < Duration::from_secs(3),
+        "{took:?}"
+    );
     assert!(nginx.error_log().contains("timed out"));
 }
 
@@ -313,14 +327,22 @@ fn check_config_reports_bad_directive() {
         .http(&server("location / { memcached_pass; }"))
         .check_config();
     assert!(!missing_arg.ok);
-    assert!(missing_arg.output.contains("memcached_pass"), "{}", missing_arg.output);
+    assert!(
+        missing_arg.output.contains("memcached_pass"),
+        "{}",
+        missing_arg.output
+    );
 
     let good = Nginx::builder()
         .with_module(false)
         .http(&server("location / { return 204; }"))
         .check_config();
     assert!(good.ok, "{}", good.output);
-    assert!(good.output.contains("test is successful"), "{}", good.output);
+    assert!(
+        good.output.contains("test is successful"),
+        "{}",
+        good.output
+    );
 }
 
 #[test]
@@ -328,7 +350,9 @@ fn check_config_reports_bad_directive() {
 fn undefined_placeholder_is_reported() {
     Nginx::builder()
         .with_module(false)
-        .http(&server("location / { proxy_pass http://127.0.0.1:{nope}; }"))
+        .http(&server(
+            "location / { proxy_pass http://127.0.0.1:{nope}; }",
+        ))
         .check_config();
 }
 
@@ -372,7 +396,11 @@ fn memcached_pause_resume_restart() {
     mc.restart();
     assert_eq!(mc.port(), port);
     assert_ne!(mc.pid(), pid);
-    assert_eq!(http::get(nginx.port(), "/p").status, 404, "data gone after restart");
+    assert_eq!(
+        http::get(nginx.port(), "/p").status,
+        404,
+        "data gone after restart"
+    );
 
     mc.stop();
     assert!(!mc.is_running());
@@ -399,14 +427,21 @@ fn reload_and_quit_without_alerts() {
     nginx.set_http(&server("location / { no_such_directive; }"));
     let rejected = nginx.try_reload().expect_err("bad config must be rejected");
     assert!(rejected.contains("no_such_directive"), "{rejected}");
-    assert_eq!(http::get(nginx.port(), "/").text(), "two", "old config still serves");
+    assert_eq!(
+        http::get(nginx.port(), "/").text(),
+        "two",
+        "old config still serves"
+    );
 
     let shutdown = nginx.quit();
     assert!(shutdown.status.success(), "{shutdown:?}");
     assert!(!shutdown.timed_out);
     // The rejected reload logged an [emerg]; nothing else may be alert/emerg.
     assert!(
-        shutdown.alerts.iter().all(|l| l.contains("no_such_directive")),
+        shutdown
+            .alerts
+            .iter()
+            .all(|l| l.contains("no_such_directive")),
         "{:?}",
         shutdown.alerts
     );

@@ -136,7 +136,9 @@ impl Echo {
     }
 
     pub fn body_len(&self) -> usize {
-        self.get("body_len").and_then(|v| v.parse().ok()).unwrap_or(0)
+        self.get("body_len")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
     }
 
     pub fn body_sha(&self) -> &str {
@@ -196,7 +198,11 @@ impl App {
 
     /// The most recent request.
     pub fn last(&self) -> Option<AppRequest> {
-        self.seen.lock().expect("app request log lock").last().cloned()
+        self.seen
+            .lock()
+            .expect("app request log lock")
+            .last()
+            .cloned()
     }
 }
 
@@ -245,7 +251,9 @@ fn read_request(r: &mut BufReader<TcpStream>, conn: usize) -> Result<Option<AppR
     if chunked {
         req.body = read_chunked(r).map_err(|e| format!("chunked body: {e}"))?;
     } else if let Some(cl) = req.header("content-length") {
-        let len: usize = cl.parse().map_err(|_| format!("bad Content-Length {cl:?}"))?;
+        let len: usize = cl
+            .parse()
+            .map_err(|_| format!("bad Content-Length {cl:?}"))?;
         req.body = vec![0; len];
         r.read_exact(&mut req.body)
             .map_err(|e| format!("body ({len} bytes): {e}"))?;

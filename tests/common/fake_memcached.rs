@@ -80,7 +80,10 @@ pub fn split(bytes: &[u8], cut_at: &[usize], delay: Duration) -> Vec<Step> {
 
 /// Writes the first `n` bytes of `bytes`, then closes.
 pub fn truncated(bytes: &[u8], n: usize) -> Vec<Step> {
-    vec![Step::Write(bytes[..n.min(bytes.len())].to_vec()), Step::Close]
+    vec![
+        Step::Write(bytes[..n.min(bytes.len())].to_vec()),
+        Step::Close,
+    ]
 }
 
 /// A request the fake read.
@@ -104,11 +107,7 @@ impl Request {
 
     /// The command word: `get`, `gets`, `set`, `mg`, ...
     pub fn command(&self) -> String {
-        self.line_str()
-            .split(' ')
-            .next()
-            .unwrap_or("")
-            .to_string()
+        self.line_str().split(' ').next().unwrap_or("").to_string()
     }
 
     /// The first key of the command (second word).
@@ -214,7 +213,9 @@ impl FakeMemcached {
 
     /// Waits until at least `n` requests were read; panics after `timeout`.
     pub fn wait_requests(&self, n: usize, timeout: Duration) -> Vec<Request> {
-        let ok = wait_until(timeout, || self.log.lock().map(|l| l.len() >= n).unwrap_or(false));
+        let ok = wait_until(timeout, || {
+            self.log.lock().map(|l| l.len() >= n).unwrap_or(false)
+        });
         let log = self.request_log();
         assert!(
             ok,
@@ -254,7 +255,12 @@ fn set_reset_linger(stream: &TcpStream) {
             std::mem::size_of::<libc::linger>() as libc::socklen_t,
         )
     };
-    assert_eq!(rc, 0, "setsockopt(SO_LINGER) failed: {}", std::io::Error::last_os_error());
+    assert_eq!(
+        rc,
+        0,
+        "setsockopt(SO_LINGER) failed: {}",
+        std::io::Error::last_os_error()
+    );
 }
 
 /// Runs `steps`; returns false if the connection is finished.
@@ -330,7 +336,9 @@ fn serve_connection(
             data,
         };
         seq += 1;
-        log.lock().expect("fake memcached log lock").push(req.clone());
+        log.lock()
+            .expect("fake memcached log lock")
+            .push(req.clone());
         if req.line == b"quit" {
             return;
         }
@@ -353,7 +361,12 @@ impl Blackhole {
         let listener = TcpListener::bind("127.0.0.1:0").expect("blackhole: bind 127.0.0.1:0");
         // SAFETY: listen(2) on a socket we own; re-listening only changes the backlog.
         let rc = unsafe { libc::listen(listener.as_raw_fd(), 0) };
-        assert_eq!(rc, 0, "blackhole: listen(0) failed: {}", std::io::Error::last_os_error());
+        assert_eq!(
+            rc,
+            0,
+            "blackhole: listen(0) failed: {}",
+            std::io::Error::last_os_error()
+        );
         let addr = listener.local_addr().expect("blackhole: local_addr");
         let mut filler = Vec::new();
         for _ in 0..16 {

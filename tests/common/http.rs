@@ -66,9 +66,7 @@ impl Response {
     /// True if the server said it will close the connection.
     pub fn closes(&self) -> bool {
         match self.header("connection") {
-            Some(v) => v
-                .split(',')
-                .any(|t| t.trim().eq_ignore_ascii_case("close")),
+            Some(v) => v.split(',').any(|t| t.trim().eq_ignore_ascii_case("close")),
             None => self.version == "HTTP/1.0",
         }
     }
@@ -78,7 +76,10 @@ impl Response {
 /// `Ok(None)` on a clean EOF before any byte.
 pub fn read_line(r: &mut impl BufRead) -> io::Result<Option<Vec<u8>>> {
     let mut line = Vec::new();
-    let n = r.by_ref().take(MAX_LINE as u64).read_until(b'\n', &mut line)?;
+    let n = r
+        .by_ref()
+        .take(MAX_LINE as u64)
+        .read_until(b'\n', &mut line)?;
     if n == 0 {
         return Ok(None);
     }
@@ -414,7 +415,11 @@ impl KeepAliveClient {
 
     /// The local port of this connection (to match it in server logs).
     pub fn local_port(&self) -> u16 {
-        self.reader.get_ref().local_addr().map(|a| a.port()).unwrap_or(0)
+        self.reader
+            .get_ref()
+            .local_addr()
+            .map(|a| a.port())
+            .unwrap_or(0)
     }
 }
 

@@ -102,8 +102,17 @@ impl Memcached {
     fn spawn_on(&mut self, port: u16) -> Result<(), StartError> {
         let log_offset = file_len(&self.log);
         let mut cmd = Command::new(memcached_binary());
-        cmd.args(["-l", "127.0.0.1", "-p", &port.to_string(), "-U", "0", "-t", "1"])
-            .args(["-c", "4096"]);
+        cmd.args([
+            "-l",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "-U",
+            "0",
+            "-t",
+            "1",
+        ])
+        .args(["-c", "4096"]);
         if super::process::is_root() {
             cmd.args(["-u", "root"]);
         }
@@ -172,7 +181,10 @@ impl Memcached {
     /// A fresh `memcache` crate client (ASCII protocol, like pymemcache and Django; 5 s
     /// timeout). Each call opens its own pool of one connection.
     pub fn client(&self) -> memcache::Client {
-        let url = format!("memcache://127.0.0.1:{}?protocol=ascii&timeout=5", self.port);
+        let url = format!(
+            "memcache://127.0.0.1:{}?protocol=ascii&timeout=5",
+            self.port
+        );
         memcache::Client::connect(url.as_str())
             .unwrap_or_else(|e| panic!("memcache client for {url}: {e}"))
     }
@@ -192,7 +204,14 @@ impl Memcached {
         match std::str::from_utf8(key) {
             Ok(k) => self
                 .client()
-                .set(k, Flagged { bytes: value, flags }, exptime)
+                .set(
+                    k,
+                    Flagged {
+                        bytes: value,
+                        flags,
+                    },
+                    exptime,
+                )
                 .unwrap_or_else(|e| panic!("memcache set {k:?} ({} bytes): {e}", value.len())),
             Err(_) => self.raw_set(key, value, flags, exptime),
         }
@@ -202,13 +221,15 @@ impl Memcached {
         let what = format!("raw set {:?}", String::from_utf8_lossy(key));
         let mut s = TcpStream::connect(self.socket_addr())
             .unwrap_or_else(|e| panic!("{what}: connect: {e}"));
-        s.set_read_timeout(Some(STATS_TIMEOUT)).expect("set_read_timeout");
+        s.set_read_timeout(Some(STATS_TIMEOUT))
+            .expect("set_read_timeout");
         let mut cmd = b"set ".to_vec();
         cmd.extend_from_slice(key);
         cmd.extend_from_slice(format!(" {flags} {exptime} {}\r\n", value.len()).as_bytes());
         cmd.extend_from_slice(value);
         cmd.extend_from_slice(b"\r\n");
-        s.write_all(&cmd).unwrap_or_else(|e| panic!("{what}: write: {e}"));
+        s.write_all(&cmd)
+            .unwrap_or_else(|e| panic!("{what}: write: {e}"));
         let mut reply = String::new();
         BufReader::new(s)
             .read_line(&mut reply)

@@ -20,8 +20,8 @@ use std::process::{Command, ExitStatus};
 use std::time::{Duration, Instant};
 
 use super::process::{
-    children_of, cmdline, file_len, free_port, is_alive, is_root, kill, pid_listens_on,
-    read_text, read_text_from, tail, wait_until, Proc, TempDir, POLL,
+    children_of, cmdline, file_len, free_port, is_alive, is_root, kill, pid_listens_on, read_text,
+    read_text_from, tail, wait_until, Proc, TempDir, POLL,
 };
 
 const START_TIMEOUT: Duration = Duration::from_secs(15);
@@ -395,7 +395,8 @@ impl Nginx {
     }
 
     fn wait_started(&mut self) -> Result<(), StartFailure> {
-        let needs_port = self.builder.http.contains("{port}") || self.builder.main.contains("{port}");
+        let needs_port =
+            self.builder.http.contains("{port}") || self.builder.main.contains("{port}");
         let deadline = Instant::now() + START_TIMEOUT;
         loop {
             let log = self.error_log();
@@ -488,7 +489,10 @@ impl Nginx {
 
     /// Access log lines parsed as [`AccessEntry`] (lines of other formats are skipped).
     pub fn access_entries(&self) -> Vec<AccessEntry> {
-        self.access_log().lines().filter_map(AccessEntry::parse).collect()
+        self.access_log()
+            .lines()
+            .filter_map(AccessEntry::parse)
+            .collect()
     }
 
     /// Waits until the access log has at least `n` lines (nginx logs a request after the
@@ -534,7 +538,11 @@ impl Nginx {
     pub fn try_reload(&mut self) -> Result<Vec<u32>, String> {
         let old = self.worker_pids();
         let offset = self.error_log_len();
-        assert!(self.proc.signal(libc::SIGHUP), "nginx master is not running:\n{}", self.diagnostics());
+        assert!(
+            self.proc.signal(libc::SIGHUP),
+            "nginx master is not running:\n{}",
+            self.diagnostics()
+        );
         let deadline = Instant::now() + RELOAD_TIMEOUT;
         let new = loop {
             let since = self.error_log_since(offset);
@@ -609,7 +617,11 @@ fn alert_lines(log: &str) -> Vec<String> {
 impl Drop for Nginx {
     fn drop(&mut self) {
         if std::thread::panicking() {
-            eprintln!("--- nginx {} (test panicked) ---\n{}", self.port, self.diagnostics());
+            eprintln!(
+                "--- nginx {} (test panicked) ---\n{}",
+                self.port,
+                self.diagnostics()
+            );
         }
         if self.quit.is_none() {
             let family = self.family();

@@ -47,7 +47,10 @@ fn listening_inodes(port: u16) -> Vec<u64> {
     let Ok(table) = fs::read_to_string("/proc/net/tcp") else {
         return Vec::new();
     };
-    let want = [format!("0100007F:{port:04X}"), format!("00000000:{port:04X}")];
+    let want = [
+        format!("0100007F:{port:04X}"),
+        format!("00000000:{port:04X}"),
+    ];
     table
         .lines()
         .skip(1)
@@ -77,7 +80,10 @@ pub fn pid_listens_on(pid: u32, port: u16) -> bool {
     fds.filter_map(|e| fs::read_link(e.ok()?.path()).ok())
         .filter_map(|target| {
             let t = target.to_str()?;
-            t.strip_prefix("socket:[")?.strip_suffix(']')?.parse::<u64>().ok()
+            t.strip_prefix("socket:[")?
+                .strip_suffix(']')?
+                .parse::<u64>()
+                .ok()
         })
         .any(|inode| inodes.contains(&inode))
 }
@@ -116,7 +122,9 @@ pub fn children_of(parent: u32) -> Vec<u32> {
     };
     let mut pids: Vec<u32> = dir
         .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|&pid| matches!(stat_of(pid), Some((ppid, state)) if ppid == parent && state != 'Z'))
+        .filter(
+            |&pid| matches!(stat_of(pid), Some((ppid, state)) if ppid == parent && state != 'Z'),
+        )
         .collect();
     pids.sort_unstable();
     pids
