@@ -479,17 +479,57 @@ fn load_with_checks_bodies() {
 
 #[test]
 fn send_raw_sees_exact_bytes() {
+    let mc = Memcached::start();
+    mc.set_raw(b"/raw", b"raw", 0, 0);
     let nginx = Nginx::builder()
         .with_module(false)
-        .http(&server(r#"location / { return 200 "raw"; }"#))
+        .var("mc", mc.port())
+        .http(&memcached_pass(""))
         .start();
     let out = http::send_raw(
         nginx.port(),
-        b"GET / HTTP/1.0\r\n\r\n",
+        b"GET /raw HTTP/1.0\r\n\r\n",
         Duration::from_secs(5),
     )
     .expect("raw request");
     let text = String::from_utf8_lossy(&out);
     assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{text}");
     assert!(text.ends_with("\r\n\r\nraw"), "{text}");
+}
+
+#[test]
+fn reload_closes_idle_keepalive_and_pooled_upstream() {
+    let mc = Memcached::start();
+    mc.set_raw(b"/k", b"v", 0, 0);
+    let mut nginx = Nginx::builder()
+        .with_module(false)
+        .var("mc", mc.port())
+        .http(
+            "upstream mc { server 127.0.0.1:{mc}; keepalive 8; }
+             server { listen 127.0.0.1:{port};
+                      location / { set $memcached_key $uri; memcached_pass mc; } }",
+        )
+        .start();
+    let mut client = KeepAliveClient::connect(nginx.port()).expect("connect");
+    for _ in 0..3 {
+        assert_eq!(client.get("/k").expect("GET /k").text(), "v");
+    }
+    assert_eq!(mc.client_connections(), 1, "one pooled upstream connection");
+    let before = mc.total_connections();
+
+    nginx.reload();
+    assert!(
+        client.get("/k").is_err(),
+        "old worker closed the idle client connection"
+    );
+    assert!(wait_until(SECOND, || mc.client_connections() == 0));
+
+    let mut client = KeepAliveClient::connect(nginx.port()).expect("reconnect");
+    assert_eq!(client.get("/k").expect("GET /k").text(), "v");
+    assert_eq!(
+        mc.total_connections() - before,
+        1,
+        "new worker opened one connection"
+    );
+    assert!(nginx.quit().is_clean(), "{}", nginx.error_log());
 }

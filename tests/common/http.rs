@@ -14,7 +14,7 @@
 
 use std::collections::BTreeMap;
 use std::io::{self, BufRead, BufReader, Read, Write};
-use std::net::{Shutdown, TcpStream};
+use std::net::TcpStream;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::thread;
@@ -316,12 +316,13 @@ pub fn get(port: u16, target: &str) -> Response {
     request(port, "GET", target, &[], None)
 }
 
-/// Writes `bytes` as they are, half-closes, and returns everything the server sends until
-/// it closes (or until `timeout` of silence, then what arrived so far).
+/// Writes `bytes` as they are and returns everything the server sends until it closes
+/// (or until `timeout` of silence, then what arrived so far). Send `Connection: close` or
+/// HTTP/1.0 so the server closes; the socket is deliberately not half-closed, because nginx
+/// takes a read EOF as a client abort (499) while it waits for an upstream.
 pub fn send_raw(port: u16, bytes: &[u8], timeout: Duration) -> io::Result<Vec<u8>> {
     let mut stream = connect(port, timeout)?;
     stream.write_all(bytes)?;
-    stream.shutdown(Shutdown::Write)?;
     let mut out = Vec::new();
     let mut buf = [0u8; 16 * 1024];
     loop {
@@ -447,6 +448,11 @@ impl LoadResult {
     /// Number of responses received (any status).
     pub fn responses(&self) -> usize {
         self.statuses.values().sum()
+    }
+
+    /// Responses per second over the whole run.
+    pub fn rate(&self) -> f64 {
+        self.responses() as f64 / self.elapsed.as_secs_f64().max(1e-9)
     }
 
     /// True if every request got a 200 that passed the check.

@@ -20,8 +20,8 @@ use std::process::{Command, ExitStatus};
 use std::time::{Duration, Instant};
 
 use super::process::{
-    children_of, cmdline, file_len, free_port, is_alive, is_root, kill, pid_listens_on, read_text,
-    read_text_from, tail, wait_until, Proc, TempDir, POLL,
+    children_of, cmdline, env_path, file_len, free_port, is_alive, is_root, kill, pid_listens_on,
+    read_text, read_text_from, tail, wait_until, Proc, TempDir, POLL,
 };
 
 const START_TIMEOUT: Duration = Duration::from_secs(15);
@@ -33,8 +33,8 @@ const LOG_TAIL: usize = 30;
 /// The nginx binary: env `RCACHE_NGINX`, else `$DEP_NGINX_BUILD_DIR/nginx` as seen when
 /// this test crate was compiled (the vendored build). Panics if it does not exist.
 pub fn nginx_binary() -> PathBuf {
-    let path = match std::env::var_os("RCACHE_NGINX") {
-        Some(p) => PathBuf::from(p),
+    let path = match env_path("RCACHE_NGINX") {
+        Some(p) => p,
         None => match option_env!("DEP_NGINX_BUILD_DIR") {
             Some(dir) => Path::new(dir).join("nginx"),
             None => panic!(
@@ -55,8 +55,7 @@ pub fn nginx_binary() -> PathBuf {
 /// (target/<profile>/deps/, rebuilt by `cargo test`) and `<test exe dir>/../librcache.so`
 /// (target/<profile>/, refreshed only by `cargo build`). Panics if none exists.
 pub fn module_path() -> PathBuf {
-    if let Some(p) = std::env::var_os("RCACHE_MODULE") {
-        let p = PathBuf::from(p);
+    if let Some(p) = env_path("RCACHE_MODULE") {
         assert!(p.is_file(), "RCACHE_MODULE={} does not exist", p.display());
         return p;
     }

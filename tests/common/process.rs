@@ -88,6 +88,13 @@ pub fn pid_listens_on(pid: u32, port: u16) -> bool {
         .any(|inode| inodes.contains(&inode))
 }
 
+/// The environment variable `name` as a path; unset and empty both mean None.
+pub fn env_path(name: &str) -> Option<PathBuf> {
+    std::env::var_os(name)
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+}
+
 /// Sends `sig` to `pid`.
 pub fn kill(pid: u32, sig: i32) -> io::Result<()> {
     let pid = i32::try_from(pid).map_err(|_| io::Error::other("pid out of range"))?;
@@ -210,7 +217,7 @@ impl TempDir {
 
 impl Drop for TempDir {
     fn drop(&mut self) {
-        if std::env::var_os("RCACHE_KEEP_TMP").is_some() {
+        if env_path("RCACHE_KEEP_TMP").is_some() {
             eprintln!("RCACHE_KEEP_TMP: keeping {}", self.path.display());
         } else {
             let _ = fs::remove_dir_all(&self.path);
