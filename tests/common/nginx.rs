@@ -61,10 +61,8 @@ pub fn module_path() -> PathBuf {
     }
     let exe = std::env::current_exe().expect("current_exe of the test binary");
     let deps = exe.parent().expect("test binary has a parent dir");
-    let candidates = [
-        deps.join("librcache.so"),
-        deps.join("..").join("librcache.so"),
-    ];
+    let profile_dir = deps.parent().expect("deps dir has a parent dir");
+    let candidates = [deps.join("librcache.so"), profile_dir.join("librcache.so")];
     candidates
         .iter()
         .filter_map(|p| Some((fs::metadata(p).ok()?.modified().ok()?, p)))
@@ -427,10 +425,18 @@ impl Nginx {
 
     /// Prefix, config and log tails, for failure messages.
     pub fn diagnostics(&self) -> String {
+        let log = self.error_log();
+        let hint = if log.contains("module") && log.contains("instead of") {
+            "hint: the module was built for another nginx version; with RCACHE_NGINX set, \
+             point RCACHE_MODULE at a build for that nginx \
+             (scripts/build-for-installed-nginx.sh -> target/debian/release/librcache.so)\n"
+        } else {
+            ""
+        };
         format!(
-            "prefix: {}\n--- error.log (tail) ---\n{}\n--- stderr/stdout (tail) ---\n{}\n--- nginx.conf ---\n{}",
+            "{hint}prefix: {}\n--- error.log (tail) ---\n{}\n--- stderr/stdout (tail) ---\n{}\n--- nginx.conf ---\n{}",
             self.prefix().display(),
-            tail(&self.error_log(), LOG_TAIL),
+            tail(&log, LOG_TAIL),
             tail(&read_text(&self.prefix().join("stderr.log")), LOG_TAIL),
             self.config_text()
         )
