@@ -533,3 +533,50 @@ fn reload_closes_idle_keepalive_and_pooled_upstream() {
     );
     assert!(nginx.quit().is_clean(), "{}", nginx.error_log());
 }
+
+#[test]
+fn fake_on_accept_and_hit_helpers() {
+    let resetting = FakeMemcached::builder()
+        .on_accept(|conn| if conn == 0 { vec![Step::Reset] } else { vec![] })
+        .start(|req| {
+            vec![Step::Write(value_reply(
+                &req.key().unwrap_or_default(),
+                0,
+                b"second",
+            ))]
+        });
+    let hit = FakeMemcached::hit(0, b"always");
+    let nginx = Nginx::builder()
+        .with_module(false)
+        .var("reset", resetting.port())
+        .var("hit", hit.port())
+        .http(&server(
+            "location /r/ { set $memcached_key $uri; memcached_pass 127.0.0.1:{reset}; }
+             location /h/ { set $memcached_key $uri; memcached_pass 127.0.0.1:{hit}; }",
+        ))
+        .start();
+    assert_eq!(
+        http::get(nginx.port(), "/r/1").status,
+        502,
+        "first connection reset"
+    );
+    assert_eq!(http::get(nginx.port(), "/r/2").text(), "second");
+    assert_eq!(resetting.connections(), 2);
+    assert_eq!(resetting.requests(), vec!["get /r/2".to_string()]);
+    assert_eq!(http::get(nginx.port(), "/h/x").text(), "always");
+}
+
+#[test]
+fn memcached_extra_args_allow_big_items() {
+    let mc = Memcached::start_with_args(&["-I", "4m", "-m", "64"]);
+    let big = bytes(1536 * 1024, 9);
+    mc.set_raw(b"/big", &big, 0, 0);
+    let nginx = Nginx::builder()
+        .with_module(false)
+        .var("mc", mc.port())
+        .http(&memcached_pass(""))
+        .start();
+    let r = http::get(nginx.port(), "/big");
+    assert_eq!(r.status, 200);
+    assert!(r.body == big, "1.5 MiB value differs");
+}
