@@ -82,6 +82,9 @@ pub struct Fallback {
     /// Split at configuration time, so that a `?` inside a variable's value
     /// (`$uri` is decoded: `%3F` becomes `?`) never splits the URI.
     pub args: *mut ngx_http_complex_value_t,
+    /// Where the directive is, for errors found after parsing.
+    pub file: *const u8,
+    pub line: ngx_uint_t,
 }
 
 /// Main (http-level) configuration.
@@ -91,6 +94,16 @@ pub struct MainConf {
     pub targets: *mut ngx_array_t,
     /// Index of `$rcache_status` in `r->variables`.
     pub status_index: ngx_int_t,
+    /// Named-location fallbacks to verify once every server's named
+    /// locations are known, as `NamedFallback`.
+    pub named_fallbacks: *mut ngx_array_t,
+}
+
+/// A location using `rcache_fallback @name`, and the server it is in.
+#[repr(C)]
+pub struct NamedFallback {
+    pub server: *mut ngx_http_core_srv_conf_t,
+    pub fallback: *mut Fallback,
 }
 
 pub unsafe extern "C" fn create_main_conf(cf: *mut ngx_conf_t) -> *mut c_void {
@@ -102,6 +115,10 @@ pub unsafe extern "C" fn create_main_conf(cf: *mut ngx_conf_t) -> *mut c_void {
         }
         (*mcf).targets = ngx_array_create((*cf).pool, 4, size_of::<*mut Target>());
         if (*mcf).targets.is_null() {
+            return ptr::null_mut();
+        }
+        (*mcf).named_fallbacks = ngx_array_create((*cf).pool, 4, size_of::<NamedFallback>());
+        if (*mcf).named_fallbacks.is_null() {
             return ptr::null_mut();
         }
         (*mcf).status_index = UNSET;
@@ -150,7 +167,7 @@ pub unsafe extern "C" fn create_loc_conf(cf: *mut ngx_conf_t) -> *mut c_void {
 }
 
 pub unsafe extern "C" fn merge_loc_conf(
-    _cf: *mut ngx_conf_t,
+    cf: *mut ngx_conf_t,
     parent: *mut c_void,
     child: *mut c_void,
 ) -> *mut c_char {
@@ -201,7 +218,82 @@ pub unsafe extern "C" fn merge_loc_conf(
         };
     }
     merge_int(&mut conf.gzip_flag, prev.gzip_flag, 0);
+
+    // SAFETY: nginx merges with cf->ctx set to the server being merged.
+    if !conf.upstream.upstream.is_null() && !unsafe { remember_named_fallback(cf, conf) } {
+        return NGX_CONF_ERROR;
+    }
     NGX_CONF_OK
+}
+
+/// Queues the check of a `@name` fallback used by an rcache location.
+///
+/// # Safety
+/// `cf` must be the configuration being merged, its ctx the current server's.
+unsafe fn remember_named_fallback(cf: *mut ngx_conf_t, conf: &LocConf) -> bool {
+    // SAFETY: per the contract above; the main conf is ours.
+    unsafe {
+        let Some(fb) = conf.fallback.as_ref() else {
+            return true;
+        };
+        if !fb.target.lengths.is_null() || !fb.target.value.as_bytes().starts_with(b"@") {
+            return true;
+        }
+        let ctx = (*cf).ctx as *mut ngx_http_conf_ctx_t;
+        let server =
+            *(*ctx).srv_conf.add(ngx_http_core_module.ctx_index) as *mut ngx_http_core_srv_conf_t;
+        let mcf = *(*ctx).main_conf.add(crate::module().ctx_index) as *mut MainConf;
+        let slot = ngx_array_push((*mcf).named_fallbacks) as *mut NamedFallback;
+        if slot.is_null() {
+            return false;
+        }
+        ptr::write(
+            slot,
+            NamedFallback {
+                server,
+                fallback: conf.fallback,
+            },
+        );
+        true
+    }
+}
+
+/// Postconfiguration: every `rcache_fallback @name` must name a location of
+/// the server it is used in — caught by `nginx -t`, not at the first MISS.
+///
+/// # Safety
+/// `cf` must be the finished http{} configuration (named locations are
+/// indexed by then).
+pub unsafe fn check_named_fallbacks(cf: *mut ngx_conf_t, mcf: *const MainConf) -> bool {
+    // SAFETY: the checks were recorded by merge_loc_conf for live confs.
+    unsafe {
+        for check in (*(*mcf).named_fallbacks).as_slice::<NamedFallback>() {
+            let fb = &*check.fallback;
+            let name = fb.target.value.as_bytes();
+            let mut found = false;
+            let mut named = (*check.server).named_locations;
+            while !named.is_null() && !(*named).is_null() {
+                if (**named).name.as_bytes() == name {
+                    found = true;
+                    break;
+                }
+                named = named.add(1);
+            }
+            if !found {
+                ngx::ngx_log_error!(
+                    NGX_LOG_EMERG,
+                    (*cf).log,
+                    "\"rcache_fallback\" directive names location \"{}\", which is not \
+                     defined in the server using it, in {}:{}",
+                    fb.target.value,
+                    String::from_utf8_lossy(CStr::from_ptr(fb.file.cast()).to_bytes()),
+                    fb.line
+                );
+                return false;
+            }
+        }
+    }
+    true
 }
 
 fn merge_ptr<T>(conf: &mut *mut T, prev: *mut T) {
@@ -325,6 +417,8 @@ unsafe extern "C" fn set_fallback(
         if fb.is_null() {
             return NGX_CONF_ERROR;
         }
+        (*fb).file = (*(*cf).conf_file).file.name.data;
+        (*fb).line = (*(*cf).conf_file).line;
         let (target, query) = match value.as_bytes().iter().position(|&b| b == b'?') {
             Some(q) => (
                 ngx_str_t {

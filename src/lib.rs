@@ -73,6 +73,9 @@ unsafe extern "C" fn postconfiguration(cf: *mut ngx_conf_t) -> ngx_int_t {
         if (*mcf).status_index == NGX_ERROR as ngx_int_t {
             return NGX_ERROR as ngx_int_t;
         }
+        if !conf::check_named_fallbacks(cf, mcf) {
+            return NGX_ERROR as ngx_int_t;
+        }
         target::wrap_peer_init(cf)
     }
 }
