@@ -527,18 +527,43 @@ unsafe extern "C" fn set_methods(
     }
 }
 
-/// `rcache_gzip_flag` must fit memcached's 32-bit flags.
-static mut GZIP_FLAG_BOUNDS: ngx_conf_num_bounds_t = ngx_conf_num_bounds_t {
-    post_handler: Some(ngx_conf_check_num_bounds),
-    low: 0,
-    high: u32::MAX as ngx_int_t,
+/// `rcache_gzip_flag` must fit memcached's 32-bit flags. (nginx's own bounds
+/// check would not name the directive in its message.)
+unsafe extern "C" fn check_gzip_flag(
+    _cf: *mut ngx_conf_t,
+    _post: *mut c_void,
+    data: *mut c_void,
+) -> *mut c_char {
+    // SAFETY: the post handler of a num slot gets the ngx_int_t just set.
+    let value = unsafe { *(data as *const ngx_int_t) };
+    if (0..=u32::MAX as ngx_int_t).contains(&value) {
+        return NGX_CONF_OK;
+    }
+    c"must be between 0 and 4294967295 (memcached flags are 32 bits)"
+        .as_ptr()
+        .cast_mut()
+}
+
+/// `rcache_keepalive` counts connections.
+unsafe extern "C" fn check_keepalive(
+    _cf: *mut ngx_conf_t,
+    _post: *mut c_void,
+    data: *mut c_void,
+) -> *mut c_char {
+    // SAFETY: the post handler of a num slot gets the ngx_int_t just set.
+    let value = unsafe { *(data as *const ngx_int_t) };
+    if (0..=65535).contains(&value) {
+        return NGX_CONF_OK;
+    }
+    c"must be between 0 and 65535".as_ptr().cast_mut()
+}
+
+static mut GZIP_FLAG_POST: ngx_conf_post_t = ngx_conf_post_t {
+    post_handler: Some(check_gzip_flag),
 };
 
-/// `rcache_keepalive` is a count of connections.
-static mut KEEPALIVE_BOUNDS: ngx_conf_num_bounds_t = ngx_conf_num_bounds_t {
-    post_handler: Some(ngx_conf_check_num_bounds),
-    low: 0,
-    high: 65535,
+static mut KEEPALIVE_POST: ngx_conf_post_t = ngx_conf_post_t {
+    post_handler: Some(check_keepalive),
 };
 
 const ANY: u32 = NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_HTTP_LOC_CONF;
@@ -624,7 +649,7 @@ pub static mut COMMANDS: [ngx_command_t; 12] = [
         ANY | NGX_CONF_TAKE1,
         ngx_conf_set_num_slot,
         offset_of!(LocConf, keepalive),
-        ptr::addr_of_mut!(KEEPALIVE_BOUNDS).cast(),
+        ptr::addr_of_mut!(KEEPALIVE_POST).cast(),
     ),
     command(
         ngx_string!("rcache_max_size"),
@@ -638,7 +663,7 @@ pub static mut COMMANDS: [ngx_command_t; 12] = [
         ANY | NGX_CONF_TAKE1,
         ngx_conf_set_num_slot,
         offset_of!(LocConf, gzip_flag),
-        ptr::addr_of_mut!(GZIP_FLAG_BOUNDS).cast(),
+        ptr::addr_of_mut!(GZIP_FLAG_POST).cast(),
     ),
     ngx_command_t::empty(),
 ];
