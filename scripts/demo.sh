@@ -16,6 +16,7 @@
 #   RCACHE_MODULE=PATH        librcache.so to load (must be built for that nginx; no build)
 #   RCACHE_DEMO_PORT=N        nginx's port (default: a free one)
 #   RCACHE_DEMO_DIR=DIR       where config, logs and pid files go (default: a new /tmp dir)
+#   RCACHE_DEMO_CONF=DIR      take demo.conf and blog.conf from DIR instead of nginx-conf/
 #
 # The nginx config is nginx-conf/demo.conf + nginx-conf/blog.conf with their {placeholders}
 # filled in. The exit status is non-zero if any step did not behave as the demo expects.
@@ -191,8 +192,9 @@ render() { # render SRC DST: fill in the {placeholders}
     text=${text//'{app}'/127.0.0.1:$app_port}
     printf '%s\n' "$text" >"$2"
 }
-render "$here/nginx-conf/demo.conf" "$dir/conf/nginx.conf"
-render "$here/nginx-conf/blog.conf" "$dir/conf/blog.conf"
+conf_src=${RCACHE_DEMO_CONF:-$here/nginx-conf}
+render "$conf_src/demo.conf" "$dir/conf/nginx.conf"
+render "$conf_src/blog.conf" "$dir/conf/blog.conf"
 nginx_cmd=("$nginx" -p "$dir/" -c "$dir/conf/nginx.conf" -e "$dir/logs/error.log")
 say "== starting nginx on port $port: ${nginx_cmd[*]}"
 if ! "${nginx_cmd[@]}" -t -q; then
@@ -226,6 +228,13 @@ except OSError as e:
     print(f"(memcached unreachable: {e})")
 EOF
 }
+shell_words() { # the arguments, quoted for copying into a shell where needed
+    local a out=()
+    for a in "$@"; do
+        if [[ $a =~ ^[A-Za-z0-9_./:=@%+-]+$ ]]; then out+=("$a"); else out+=("'${a//\'/\'\\\'\'}'"); fi
+    done
+    printf '%s' "${out[*]}"
+}
 # step EXPECTED_STATUS APP_DELTA "what it shows" CURL_ARGS...
 #   EXPECTED_STATUS: the X-Rcache-Status the response must carry ("-": none at all)
 #   APP_DELTA: how many requests the app must have served meanwhile
@@ -235,7 +244,7 @@ step() {
     steps=$((steps + 1))
     say ""
     say "-- $steps. $title"
-    say "\$ curl -i $*"
+    say "\$ curl -i $(shell_words "$@")"
     rm -f "$dir/hdr" "$dir/body"
     touch "$dir/hdr" "$dir/body"
     before=$(app_requests)

@@ -4,20 +4,25 @@
 #   scripts/test.sh                  # everything below
 #   scripts/test.sh --vendored-only  # skip the Debian-nginx stages
 #   scripts/test.sh --debian-only    # only the Debian-nginx stages
-#   scripts/test.sh [...] -- ARGS    # ARGS go to every `cargo test` (e.g. a test name filter)
+#   scripts/test.sh [...] -- ARGS    # ARGS go to every `cargo test`, e.g.
+#                                    #   scripts/test.sh -- hit_ -- --nocapture
 #
 # Stages:
 #   deps           scripts/install-deps.sh (skipped when RCACHE_SKIP_DEPS=1)
 #   build          cargo build --release --features vendored
 #                  the module as shipped (panic=abort, LTO) -> target/release/librcache.so.
-#                  Needed because `cargo test` does NOT refresh target/release/librcache.so
-#                  (it builds the library with the test profile's panic=unwind into deps/
-#                  only), so without this stage the tests would load a stale module, or
-#                  none on a fresh clone.
+#                  `cargo test` alone does not refresh that file: it builds the library
+#                  with the test profile (panic=unwind) into target/release/deps/ only.
+#                  The test fixtures load the newer of the two, so this stage is what
+#                  keeps the shipped artifact building and up to date (the demo loads it).
+#                  Cost: a second vendored nginx build (~40 s cold): cargo gives this
+#                  build its own nginx-sys build-script run (observed: its own
+#                  target/release/build/nginx-sys-* directory; presumably the panic
+#                  setting), while clippy and `cargo test` share one.
 #   vendored       cargo test --release --features vendored
 #                  unit tests + integration tests against the nginx 1.28 that the nginx-src
-#                  crate bundles; the tests find that binary themselves and load
-#                  target/release/librcache.so
+#                  crate bundles; the tests find that binary themselves and load the
+#                  newest librcache.so under target/release (see tests/common)
 #   debian-build   scripts/build-for-installed-nginx.sh -> target/debian/release/librcache.so
 #                  (the module built against Debian's nginx 1.22 headers and configure flags)
 #   debian         RCACHE_NGINX=/usr/sbin/nginx RCACHE_MODULE=<that .so> \
