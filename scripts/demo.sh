@@ -315,6 +315,7 @@ else
     say "      nginx error log ($dir/logs/error.log), last lines:"
     tail -n 15 "$dir/logs/error.log" | sed 's/^/   /'
 fi
+say "demo: $((steps - failures)) passed, $failures failed"
 
 # --- 7. what next --------------------------------------------------------------------------
 case $mode in
