@@ -25,7 +25,11 @@ fi
 
 tree=$target_dir/nginx-src
 stamp=$tree/.rcache-configured
-if [ ! -f "$stamp" ] || [ "$src/conf_flags" -nt "$stamp" ]; then
+# Reconfigure when the installed tree changes (an nginx-dev upgrade). dpkg gives files the
+# mtime they had in the package, which can be older than the stamp, so compare contents:
+# the configure flags and nginx.h (the version).
+want_stamp=$(cat "$src/conf_flags" "$src/src/core/nginx.h" | cksum)
+if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want_stamp" ]; then
     rm -rf "$tree"
     mkdir -p "$target_dir"
     cp -a "$src" "$tree"
@@ -36,7 +40,7 @@ if [ ! -f "$stamp" ] || [ "$src/conf_flags" -nt "$stamp" ]; then
         tail -20 "$tree/configure.log" >&2
         exit 1
     }
-    touch "$stamp"
+    printf '%s\n' "$want_stamp" >"$stamp"
 fi
 
 flag=()

@@ -1,0 +1,159 @@
+#!/usr/bin/env bash
+# rcache's full test suite: the one command to run before pushing.
+#
+#   scripts/test.sh                  # everything below
+#   scripts/test.sh --vendored-only  # skip the Debian-nginx stages
+#   scripts/test.sh --debian-only    # only the Debian-nginx stages
+#   scripts/test.sh [...] -- ARGS    # ARGS go to every `cargo test`, e.g.
+#                                    #   scripts/test.sh -- hit_ -- --nocapture
+#
+# Stages:
+#   deps           scripts/install-deps.sh (skipped when RCACHE_SKIP_DEPS=1)
+#   build          cargo build --release --features vendored
+#                  the module as shipped (panic=abort, LTO) -> target/release/librcache.so.
+#                  `cargo test` alone does not refresh that file: it builds the library
+#                  with the test profile (panic=unwind) into target/release/deps/ only.
+#                  The test fixtures load the newer of the two, so this stage is what
+#                  keeps the shipped artifact building and up to date (the demo loads it).
+#                  Cost: a second vendored nginx build (~40 s cold): cargo gives this
+#                  build its own nginx-sys build-script run (observed: its own
+#                  target/release/build/nginx-sys-* directory; presumably the panic
+#                  setting), while clippy and `cargo test` share one.
+#   vendored       cargo test --release --features vendored
+#                  unit tests + integration tests against the nginx 1.28 that the nginx-src
+#                  crate bundles; the tests find that binary themselves and load the
+#                  newest librcache.so under target/release (see tests/common)
+#   debian-build   scripts/build-for-installed-nginx.sh -> target/debian/release/librcache.so
+#                  (the module built against Debian's nginx 1.22 headers and configure flags)
+#   debian         RCACHE_NGINX=/usr/sbin/nginx RCACHE_MODULE=<that .so> \
+#                    cargo test --release --features vendored --test '*'
+#                  the integration tests again, now loading the Debian-built module into
+#                  /usr/sbin/nginx. The test binaries are the same (built with `vendored`);
+#                  only the nginx binary and the module they load differ.
+#
+# A failing test stage does not stop the later ones (you see everything that is broken);
+# a failing deps or debian-build stage skips what depends on it. A summary at the end
+# names each stage's result; the exit status is non-zero if any stage failed.
+set -uo pipefail
+
+here=$(cd "$(dirname "$0")/.." && pwd)
+cd "$here" || exit 1
+
+run_vendored=1
+run_debian=1
+cargo_args=()
+while [ $# -gt 0 ]; do
+    case $1 in
+        --vendored-only) run_debian=0 ;;
+        --debian-only) run_vendored=0 ;;
+        --)
+            shift
+            cargo_args=("$@")
+            break
+            ;;
+        -h | --help)
+            sed -n '2,/^set -uo/p' "$0" | sed '$d; s/^# \{0,1\}//'
+            exit 0
+            ;;
+        *)
+            echo "test.sh: unknown option $1 (try --help)" >&2
+            exit 2
+            ;;
+    esac
+    shift
+done
+if [ $run_vendored -eq 0 ] && [ $run_debian -eq 0 ]; then
+    echo "test.sh: --vendored-only and --debian-only exclude each other" >&2
+    exit 2
+fi
+
+debian_nginx=${RCACHE_DEBIAN_NGINX:-/usr/sbin/nginx}
+names=()
+results=()
+failed=0
+record() { # record NAME RESULT
+    names+=("$1")
+    results+=("$2")
+    case $2 in FAIL*) failed=1 ;; esac
+}
+banner() { printf '\n==== test.sh: %s ====\n' "$*"; }
+stage() { # stage NAME CMD... : run CMD with its output visible, record its result
+    local name=$1 t0 rc
+    shift
+    banner "$name: $*"
+    t0=$SECONDS
+    "$@"
+    rc=$?
+    if [ $rc -eq 0 ]; then
+        record "$name" "ok ($((SECONDS - t0))s)"
+    else
+        record "$name" "FAIL (exit $rc, $((SECONDS - t0))s)"
+    fi
+    return $rc
+}
+summary() {
+    local i
+    banner "summary"
+    for i in "${!names[@]}"; do
+        printf '  %-13s %s\n' "${names[$i]}" "${results[$i]}"
+    done
+    if [ $failed -eq 0 ]; then
+        echo "test.sh: all stages passed"
+    else
+        echo "test.sh: FAILED (see the stages marked FAIL above)"
+    fi
+}
+
+# --- deps ----------------------------------------------------------------------------------
+if [ "${RCACHE_SKIP_DEPS:-0}" = 1 ]; then
+    record deps "skipped (RCACHE_SKIP_DEPS=1)"
+elif ! stage deps "$here/scripts/install-deps.sh"; then
+    summary
+    exit 1
+fi
+
+# --- vendored nginx 1.28 -------------------------------------------------------------------
+if [ $run_vendored -eq 1 ]; then
+    if stage build cargo build --release --features vendored; then
+        stage vendored cargo test --release --features vendored "${cargo_args[@]}"
+    else
+        record vendored "skipped (build failed)"
+    fi
+else
+    record build "skipped (--debian-only)"
+    record vendored "skipped (--debian-only)"
+fi
+
+# --- Debian's nginx ------------------------------------------------------------------------
+if [ $run_debian -eq 1 ]; then
+    module=""
+    banner "debian-build: scripts/build-for-installed-nginx.sh"
+    t0=$SECONDS
+    # The script prints the module's path as its last line of stdout; cargo's progress goes
+    # to stderr and stays visible.
+    if out=$("$here/scripts/build-for-installed-nginx.sh"); then
+        module=$(printf '%s\n' "$out" | tail -n 1)
+    fi
+    if [ -n "$module" ] && [ -f "$module" ]; then
+        record debian-build "ok ($((SECONDS - t0))s): $module"
+    else
+        record debian-build "FAIL ($((SECONDS - t0))s; no module built)"
+    fi
+    if [ -z "$module" ] || [ ! -f "$module" ]; then
+        record debian "skipped (debian-build failed)"
+    elif ! compgen -G 'tests/*.rs' >/dev/null && ! compgen -G 'tests/*/main.rs' >/dev/null; then
+        # `cargo test --test '*'` is an error when there is no integration test target.
+        record debian "skipped (no integration tests in tests/ yet)"
+    elif [ ! -x "$debian_nginx" ]; then
+        record debian "FAIL ($debian_nginx missing: apt-get install nginx)"
+    else
+        RCACHE_NGINX=$debian_nginx RCACHE_MODULE=$module \
+            stage debian cargo test --release --features vendored --test '*' "${cargo_args[@]}"
+    fi
+else
+    record debian-build "skipped (--vendored-only)"
+    record debian "skipped (--vendored-only)"
+fi
+
+summary
+exit $failed
