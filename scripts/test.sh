@@ -13,16 +13,16 @@
 #                  the module as shipped (panic=abort, LTO) -> target/release/librcache.so.
 #                  `cargo test` alone does not refresh that file: it builds the library
 #                  with the test profile (panic=unwind) into target/release/deps/ only.
-#                  The test fixtures load the newer of the two, so this stage is what
-#                  keeps the shipped artifact building and up to date (the demo loads it).
+#                  The integration tests are pointed at this file (RCACHE_MODULE), so
+#                  what is tested is what ships (the demo loads it too).
 #                  Cost: a second vendored nginx build (~40 s cold): cargo gives this
 #                  build its own nginx-sys build-script run (observed: its own
 #                  target/release/build/nginx-sys-* directory; presumably the panic
 #                  setting), while clippy and `cargo test` share one.
 #   vendored       cargo test --release --features vendored
 #                  unit tests + integration tests against the nginx 1.28 that the nginx-src
-#                  crate bundles; the tests find that binary themselves and load the
-#                  newest librcache.so under target/release (see tests/common)
+#                  crate bundles; the tests find that binary themselves and load
+#                  target/release/librcache.so (see tests/common)
 #   debian-build   scripts/build-for-installed-nginx.sh -> target/debian/release/librcache.so
 #                  (the module built against Debian's nginx 1.22 headers and configure flags)
 #   debian         RCACHE_NGINX=/usr/sbin/nginx RCACHE_MODULE=<that .so> \
@@ -115,7 +115,9 @@ fi
 # --- vendored nginx 1.28 -------------------------------------------------------------------
 if [ $run_vendored -eq 1 ]; then
     if stage build cargo build --release --features vendored; then
-        stage vendored cargo test --release --features vendored "${cargo_args[@]}"
+        # The integration tests load the module as shipped (not the test-profile copy).
+        RCACHE_MODULE=${RCACHE_MODULE:-$here/target/release/librcache.so} \
+            stage vendored cargo test --release --features vendored "${cargo_args[@]}"
     else
         record vendored "skipped (build failed)"
     fi
