@@ -1120,3 +1120,120 @@ fn unusable_keys_make_no_round_trip() {
     );
     rig.assert_no_serious_log_lines();
 }
+
+#[test]
+fn a_client_abort_during_the_lookup_does_not_pool_a_half_read_connection() {
+    // "/slow/N": the reply comes 400 ms late (the read timeout is 1 s); the client gives
+    // up after 50 ms. nginx must close the memcached connection with the reply still
+    // owed, not park it: the next request would read that late reply.
+    let fake = FakeMemcached::start(|req| {
+        let key = req.key().unwrap_or_default();
+        let reply = value_reply(&key, 0, &good_value(&key));
+        if key.starts_with("/slow/") {
+            vec![Step::Sleep(ms(400)), Step::Write(reply)]
+        } else {
+            vec![Step::Write(reply)]
+        }
+    });
+    let rig = Rig::start_with(&fake.addr().to_string(), SECOND);
+    for i in 0..3 {
+        let path = format!("/slow/{i}");
+        let from = fake.request_log().len();
+        {
+            use std::io::Write as _;
+            let mut s = std::net::TcpStream::connect(("127.0.0.1", rig.port())).expect("connect");
+            write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").expect("send");
+            fake.wait_requests(from + 1, SECOND);
+            std::thread::sleep(ms(50));
+        } // closed: the client is gone
+        let entry = rig.access_entry(&path);
+        assert_eq!(entry.status, 499, "{entry:?}");
+        let slow = conns_of(&fake, from, &path);
+        let ok = format!("/ok/slow/{i}");
+        let ok_from = fake.request_log().len();
+        rig.assert_hit(&ok, &good_value(&ok));
+        assert!(
+            conns_of(&fake, ok_from, &ok).is_disjoint(&slow),
+            "the connection still owing the reply of {path} was reused"
+        );
+    }
+    // After the late replies went nowhere, requests are still right.
+    std::thread::sleep(ms(450));
+    for i in 0..3 {
+        let ok = format!("/ok/later/{i}");
+        rig.assert_hit(&ok, &good_value(&ok));
+    }
+    rig.assert_no_serious_log_lines();
+}
+
+/// Stops nginx workers (SIGSTOP) until dropped (SIGCONT), so that events pile up and
+/// are handled in one batch, in the order they happened.
+struct Frozen(Vec<u32>);
+
+impl Frozen {
+    fn workers(nginx: &Nginx) -> Frozen {
+        let pids = nginx.worker_pids();
+        for &pid in &pids {
+            common::process::kill(pid, libc::SIGSTOP).expect("SIGSTOP worker");
+        }
+        Frozen(pids)
+    }
+}
+
+impl Drop for Frozen {
+    fn drop(&mut self) {
+        for &pid in &self.0 {
+            let _ = common::process::kill(pid, libc::SIGCONT);
+        }
+    }
+}
+
+#[test]
+fn a_stale_pooled_connection_taken_before_its_close_is_seen_is_retried() {
+    // The request is already waiting when memcached restarts: nginx handles it before it
+    // handles the close of its pooled connection, sends the get on the dead connection,
+    // and must retry on a new one: MISS (the new memcached is empty), not ERROR.
+    use std::io::{BufReader, Write as _};
+    let mut mc = Memcached::start();
+    mc.set_raw(b"/r/page", b"cached", 0, 0);
+    let rig = Rig::start(&mc.addr());
+    let stream = std::net::TcpStream::connect(("127.0.0.1", rig.port())).expect("connect");
+    stream.set_read_timeout(Some(SECOND * 10)).expect("timeout");
+    let mut reader = BufReader::new(stream.try_clone().expect("clone"));
+    let mut writer = stream;
+    let request = b"GET /r/page HTTP/1.1\r\nHost: x\r\n\r\n";
+    for round in 0..3 {
+        writer.write_all(request).expect("send");
+        let (r, _) = http::read_response(&mut reader, false).expect("response");
+        assert_hit_response(&r, "/r/page", b"cached");
+        assert_eq!(mc.client_connections(), 1, "one pooled connection");
+
+        let offset = rig.nginx.error_log_len();
+        let frozen = Frozen::workers(&rig.nginx);
+        writer.write_all(request).expect("send");
+        mc.restart();
+        drop(frozen);
+        let (r, _) = http::read_response(&mut reader, false).expect("response");
+        assert_eq!(
+            r.header("x-rcache-status"),
+            Some("MISS"),
+            "round {round}: {} {:?}\n{}",
+            r.status,
+            r.text(),
+            rig.nginx.error_log_since(offset)
+        );
+        assert_eq!(r.status, 200);
+        assert_eq!(Echo::parse(&r.body).uri(), "/r/page");
+        // The stale connection really was used (and failed) before the retry.
+        let since = rig.nginx.error_log_since(offset);
+        assert!(
+            since.contains("prematurely closed") || since.contains("reset by peer"),
+            "round {round}: the pooled connection was not tried:\n{since}"
+        );
+        assert!(serious_lines(&since).is_empty(), "{since}");
+        mc.set_raw(b"/r/page", b"cached", 0, 0);
+    }
+    let entries = rig.nginx.wait_access_entries(6, SECOND);
+    assert!(entries.iter().all(|e| e.rcache != "ERROR"), "{entries:?}");
+    rig.assert_no_serious_log_lines();
+}

@@ -596,3 +596,146 @@ fn frozen_memcached_falls_back_within_the_read_timeout() {
     assert!(nginx.error_log().contains("upstream timed out"));
     assert!(nginx.quit().is_clean());
 }
+
+#[test]
+fn memcached_dropping_idle_connections_under_load_is_never_an_error() {
+    // A memcached that closes each connection a few ms after answering (like an idle
+    // timeout, or a restart, racing the pool): pooled connections die all the time,
+    // some of them just as a request takes them. That request is retried on a new
+    // connection; no client may see an ERROR.
+    const REQUESTS: usize = 3000;
+    let value = page();
+    let v = value.clone();
+    let fake = FakeMemcached::start(move |req| {
+        let key = req.key().unwrap_or_default();
+        let mut steps = vec![Step::Write(fake_value_reply(&key, &v))];
+        match req.conn % 4 {
+            0 => steps.push(Step::Close),
+            1 => steps.extend([Step::Sleep(Duration::from_millis(1)), Step::Close]),
+            2 => steps.extend([Step::Sleep(Duration::from_millis(3)), Step::Reset]),
+            _ => {} // stays open: pooled for good
+        }
+        steps
+    });
+    let app = App::start();
+    let nginx = Nginx::builder()
+        .workers(2)
+        .var("mc", fake.port())
+        .var("app", app.port())
+        .http(&server("127.0.0.1:{mc}", ""))
+        .start();
+    let result = http::load_with(nginx.port(), "GET", "/page", &[], REQUESTS, 20, |r| {
+        is_hit(r, &value)
+    });
+    let gets = fake.requests().len();
+    println!(
+        "dropping memcached: {REQUESTS} requests, {} connections, {} gets ({} retried)",
+        fake.connections(),
+        gets,
+        gets - REQUESTS.min(gets)
+    );
+    assert_all_ok("memcached dropping idle connections", &result, REQUESTS);
+    assert_eq!(app.requests(), 0, "nothing fell back");
+    assert_no_serious_log_lines(&nginx);
+}
+
+fn fake_value_reply(key: &str, value: &[u8]) -> Vec<u8> {
+    value_reply(key, 0, value)
+}
+
+/// Stops nginx workers (SIGSTOP) until dropped (SIGCONT), so that events pile up and
+/// are handled in one batch, in the order they happened.
+struct Frozen(Vec<u32>);
+
+impl Frozen {
+    fn workers(nginx: &Nginx) -> Frozen {
+        let pids = nginx.worker_pids();
+        for &pid in &pids {
+            common::process::kill(pid, libc::SIGSTOP).expect("SIGSTOP worker");
+        }
+        Frozen(pids)
+    }
+}
+
+impl Drop for Frozen {
+    fn drop(&mut self) {
+        for &pid in &self.0 {
+            let _ = common::process::kill(pid, libc::SIGCONT);
+        }
+    }
+}
+
+#[test]
+fn restart_with_requests_already_waiting_on_every_worker_is_a_miss() {
+    // 20 keep-alive clients over 2 workers fill both workers' pools. With the workers
+    // frozen, every client sends its next request, then memcached restarts: when the
+    // workers wake up they see the requests before the closes of their pooled
+    // connections, so requests take dead connections. Each must be retried: MISS.
+    const CLIENTS: usize = 20;
+    let mut mc = Memcached::start();
+    let value = page();
+    mc.set_raw(b"/page", &value, 0, 0);
+    let app = App::start();
+    let nginx = Nginx::builder()
+        .workers(2)
+        .var("mc", mc.port())
+        .var("app", app.port())
+        .http(&server("127.0.0.1:{mc}", ""))
+        .start();
+    let request = b"GET /page HTTP/1.1\r\nHost: x\r\n\r\n";
+    let mut clients: Vec<_> = (0..CLIENTS)
+        .map(|_| {
+            let s = std::net::TcpStream::connect(("127.0.0.1", nginx.port())).expect("connect");
+            s.set_read_timeout(Some(SECOND * 10)).expect("timeout");
+            (BufReader::new(s.try_clone().expect("clone")), s)
+        })
+        .collect();
+    // Warm up concurrently, so that both workers pool several connections.
+    std::thread::scope(|scope| {
+        for (reader, writer) in clients.iter_mut() {
+            scope.spawn(|| {
+                for _ in 0..20 {
+                    writer.write_all(request).expect("send");
+                    let (r, _) = http::read_response(reader, false).expect("response");
+                    assert!(is_hit(&r, &value));
+                }
+            });
+        }
+    });
+    let pooled = mc.client_connections();
+    assert!(pooled >= 2, "pooled connections: {pooled}");
+
+    let offset = nginx.error_log_len();
+    let frozen = Frozen::workers(&nginx);
+    for (_, writer) in clients.iter_mut() {
+        writer.write_all(request).expect("send");
+    }
+    mc.restart();
+    drop(frozen);
+    let mut statuses = Vec::new();
+    for (reader, _) in clients.iter_mut() {
+        let (r, _) = http::read_response(reader, false).expect("response");
+        statuses.push(if is_fallback(&r, "MISS") {
+            "MISS".to_string()
+        } else {
+            format!("{} {:?}", r.status, r.header("x-rcache-status"))
+        });
+    }
+    let since = nginx.error_log_since(offset);
+    let stale = since
+        .lines()
+        .filter(|l| l.contains("prematurely closed") || l.contains("reset by peer"))
+        .count();
+    println!(
+        "restart with {CLIENTS} waiting requests, {pooled} pooled: {stale} took a dead connection"
+    );
+    assert!(
+        statuses.iter().all(|s| s == "MISS"),
+        "after the restart: {statuses:?}\n{since}"
+    );
+    assert!(
+        stale >= 1,
+        "no request took a dead pooled connection:\n{since}"
+    );
+    assert_no_serious_log_lines(&nginx);
+}
