@@ -651,15 +651,15 @@ fn garbage_replies_are_errors() {
         502,
         &[r#"rcache: memcached sent invalid reply "HTTP/1.1 200 OK""#],
     );
-    let took = check_fault_everywhere(
+    // Detected by its length (the needle), not by waiting for a line end (a timeout
+    // would log "upstream timed out" and answer 504).
+    check_fault_everywhere(
         &rig,
         &fake,
         "longline",
         502,
         &["rcache: memcached sent a reply line longer than 512 bytes"],
     );
-    // Detected by its length, not by waiting for a line end.
-    assert!(took.iter().all(|t| *t < READ_TIMEOUT), "{took:?}");
     check_fault_everywhere(
         &rig,
         &fake,
@@ -759,17 +759,15 @@ fn a_value_longer_than_announced_is_an_error() {
     let fake = fault_fake();
     let rig = Rig::start(&fake.addr().to_string());
     // Claims 3 bytes, sends 5: bytes where "\r\nEND\r\n" belongs.
-    let took = check_fault_everywhere(&rig, &fake, "bad_trailer", 502, &["rcache: memcached sent"]);
-    assert!(took.iter().all(|t| *t < READ_TIMEOUT), "{took:?}");
+    check_fault_everywhere(&rig, &fake, "bad_trailer", 502, &["rcache: memcached sent"]);
     // The right length, but no "\r\nEND\r\n" after the value.
-    let took = check_fault_everywhere(
+    check_fault_everywhere(
         &rig,
         &fake,
         "wrong_trailer",
         502,
         &["rcache: memcached sent a value not followed by END"],
     );
-    assert!(took.iter().all(|t| *t < READ_TIMEOUT), "{took:?}");
     rig.assert_no_serious_log_lines();
 }
 
@@ -988,7 +986,11 @@ fn a_restarted_memcached_gives_miss_then_hit_never_error() {
         let r = client.get("/r/page").expect("GET");
         assert_hit_response(&r, "/r/page", b"before restart");
     }
-    assert_eq!(mc.client_connections(), 1, "one pooled connection");
+    assert!(
+        wait_until(SECOND * 2, || mc.client_connections() == 1),
+        "one pooled connection, not {}",
+        mc.client_connections()
+    );
 
     mc.restart();
     // The pooled connection is dead; the new memcached is empty.
@@ -1176,8 +1178,24 @@ impl Frozen {
         for &pid in &pids {
             common::process::kill(pid, libc::SIGSTOP).expect("SIGSTOP worker");
         }
-        Frozen(pids)
+        // The signal takes effect asynchronously: wait until every worker is stopped.
+        let stopped = wait_until(SECOND * 5, || {
+            pids.iter().all(|&pid| process_state(pid) == Some('T'))
+        });
+        let frozen = Frozen(pids);
+        assert!(stopped, "workers {:?} did not stop", frozen.0);
+        frozen
     }
+}
+
+/// The state letter of `/proc/<pid>/stat` (`T`: stopped).
+fn process_state(pid: u32) -> Option<char> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat[stat.rfind(')')? + 1..]
+        .split_whitespace()
+        .next()?
+        .chars()
+        .next()
 }
 
 impl Drop for Frozen {
@@ -1206,7 +1224,12 @@ fn a_stale_pooled_connection_taken_before_its_close_is_seen_is_retried() {
         writer.write_all(request).expect("send");
         let (r, _) = http::read_response(&mut reader, false).expect("response");
         assert_hit_response(&r, "/r/page", b"cached");
-        assert_eq!(mc.client_connections(), 1, "one pooled connection");
+        // (memcached may still count the fixture's `set` connection for a moment)
+        assert!(
+            wait_until(SECOND * 2, || mc.client_connections() == 1),
+            "one pooled connection, not {}",
+            mc.client_connections()
+        );
 
         let offset = rig.nginx.error_log_len();
         let frozen = Frozen::workers(&rig.nginx);
@@ -1235,5 +1258,45 @@ fn a_stale_pooled_connection_taken_before_its_close_is_seen_is_retried() {
     }
     let entries = rig.nginx.wait_access_entries(6, SECOND);
     assert!(entries.iter().all(|e| e.rcache != "ERROR"), "{entries:?}");
+    rig.assert_no_serious_log_lines();
+}
+
+#[test]
+fn a_pooled_connection_failure_that_the_retry_repairs_is_logged_at_info() {
+    // The retry on a new connection makes a dead pooled connection (memcached restarted
+    // or dropped it) invisible to the client; the log should say so at info level, not
+    // raise an [error] for a request that went fine.
+    let fake = FakeMemcached::start(|req| {
+        let key = req.key().unwrap_or_default();
+        let reply = value_reply(&key, 0, &good_value(&key));
+        if !key.ends_with("/page") || req.seq == 0 {
+            return vec![Step::Write(reply)];
+        }
+        match key.split('/').nth(1).unwrap_or("") {
+            "close" => vec![Step::Close],
+            "half" => truncated(&reply, 20),
+            _ => vec![Step::Reset],
+        }
+    });
+    let rig = Rig::start(&fake.addr().to_string());
+    let mut report = Vec::new();
+    for how in ["reset", "close", "half"] {
+        let warm = format!("/{how}/warm");
+        rig.assert_hit(&warm, &good_value(&warm));
+        let path = format!("/{how}/page");
+        let offset = rig.nginx.error_log_len();
+        rig.assert_hit(&path, &good_value(&path));
+        assert_eq!(conns_of(&fake, 0, &path).len(), 2, "{how}: retried");
+        let since = rig.nginx.error_log_since(offset);
+        let errors: Vec<&str> = since.lines().filter(|l| l.contains("[error]")).collect();
+        if !errors.is_empty() {
+            report.push(format!("{how}: {}", errors.join("\n    ")));
+        }
+    }
+    assert!(
+        report.is_empty(),
+        "a pooled connection failure repaired by the retry was logged at error level:\n  {}",
+        report.join("\n  ")
+    );
     rig.assert_no_serious_log_lines();
 }
