@@ -557,6 +557,10 @@ fn frozen_memcached_falls_back_within_the_read_timeout() {
     assert_all_ok("warm-up", &warm, 300);
 
     mc.pause();
+    assert!(
+        wait_until(SECOND * 5, || is_stopped(mc.pid())),
+        "memcached did not stop"
+    );
     // Pooled and new connections alike: the request is sent, nothing comes back.
     for i in 0..3 {
         let started = Instant::now();
@@ -660,23 +664,26 @@ impl Frozen {
             common::process::kill(pid, libc::SIGSTOP).expect("SIGSTOP worker");
         }
         // The signal takes effect asynchronously: wait until every worker is stopped.
-        let stopped = wait_until(SECOND * 5, || {
-            pids.iter().all(|&pid| process_state(pid) == Some('T'))
-        });
+        let stopped = wait_until(SECOND * 5, || pids.iter().all(|&pid| is_stopped(pid)));
         let frozen = Frozen(pids);
         assert!(stopped, "workers {:?} did not stop", frozen.0);
         frozen
     }
 }
 
-/// The state letter of `/proc/<pid>/stat` (`T`: stopped).
-fn process_state(pid: u32) -> Option<char> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    stat[stat.rfind(')')? + 1..]
-        .split_whitespace()
-        .next()?
-        .chars()
-        .next()
+/// True once every thread of `pid` is stopped (state `T` in `/proc/<pid>/task/*/stat`):
+/// SIGSTOP takes effect asynchronously, after `kill` returned.
+fn is_stopped(pid: u32) -> bool {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return false;
+    };
+    tasks.filter_map(Result::ok).all(|task| {
+        std::fs::read_to_string(task.path().join("stat")).is_ok_and(|stat| {
+            stat.rfind(')')
+                .and_then(|i| stat[i + 1..].split_whitespace().next())
+                .is_some_and(|state| state == "T")
+        })
+    })
 }
 
 impl Drop for Frozen {
