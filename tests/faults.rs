@@ -66,6 +66,7 @@ fn fault_steps(kind: &str, key: &str) -> Vec<Step> {
         a
     };
     match kind {
+        "hit" => vec![Step::Write(value_reply(key, 0, &good_value(key)))],
         // Extra bytes after a complete reply, in the same write.
         "extra_hit" => vec![Step::Write(with(hit, b"END\r\n"))],
         "extra_miss" => vec![Step::write("END\r\nEND\r\n")],
@@ -175,6 +176,10 @@ const SERVER: &str = "
         location /ep/ { rcache_pass {mc}; error_page 502 504 = @app; }
         location /small/ { rcache_pass {mc}; rcache_fallback @app; rcache_max_size 1k; }
         location /longkey/ { rcache_pass {mc}; rcache_fallback @app; rcache_key $arg_k; }
+        location /post/ {
+            rcache_pass {mc}; rcache_fallback @app; rcache_methods GET POST;
+            client_max_body_size 10m;
+        }
         location @app { proxy_pass http://127.0.0.1:{app}; }
     }";
 
@@ -582,6 +587,8 @@ fn extra_bytes_arriving_later_close_the_idle_connection() {
         let reply = value_reply(&key, 0, &good_value(&key));
         if key.starts_with("/late/") {
             vec![Step::Write(reply), Step::Sleep(ms(100)), Step::write(MISS)]
+        } else if key.starts_with("/late_miss/") {
+            vec![Step::write(MISS), Step::Sleep(ms(100)), Step::write(MISS)]
         } else if key.starts_with("/soon/") {
             vec![Step::Write(reply), Step::write("END\r\nEND\r\n")]
         } else {
@@ -606,6 +613,23 @@ fn extra_bytes_arriving_later_close_the_idle_connection() {
             "the pooled connection that received bytes after its reply was not closed"
         );
         let ok = format!("/ok/late/{i}");
+        let ok_from = fake.request_log().len();
+        rig.assert_hit(&ok, &good_value(&ok));
+        assert!(conns_of(&fake, ok_from, &ok).is_disjoint(&late));
+    }
+
+    // The same after a MISS.
+    for i in 0..2 {
+        let path = format!("/late_miss/{i}");
+        let from = fake.request_log().len();
+        let (r, _) = rig.get(&path);
+        rig.assert_fallback(&r, &path, "MISS");
+        let late = conns_of(&fake, from, &path);
+        assert!(
+            wait_until(SECOND * 2, || fake.open_connections() == 0),
+            "the pooled connection that received bytes after its MISS was not closed"
+        );
+        let ok = format!("/ok/late_miss/{i}");
         let ok_from = fake.request_log().len();
         rig.assert_hit(&ok, &good_value(&ok));
         assert!(conns_of(&fake, ok_from, &ok).is_disjoint(&late));
@@ -1301,5 +1325,63 @@ fn a_pooled_connection_failure_that_the_retry_repairs_is_logged_at_info() {
         "a pooled connection failure repaired by the retry was logged at error level:\n  {}",
         report.join("\n  ")
     );
+    rig.assert_no_serious_log_lines();
+}
+
+#[test]
+fn a_request_body_reaches_the_fallback_intact_after_any_error() {
+    // rcache_methods GET POST: a POST is looked up, and on ERROR the fallback must get
+    // the method and the whole body (200 KiB: spooled to a temp file), also after a
+    // timeout and with a chunked body.
+    let fake = fault_fake();
+    let rig = Rig::start(&fake.addr().to_string());
+    let body = bytes(200 * 1024, 99);
+    for kind in [
+        "reset_mid",
+        "close_before",
+        "junk",
+        "extra_hit",
+        "stall",
+        "short",
+    ] {
+        let path = format!("/post/{kind}");
+        let from = fake.request_log().len();
+        let r = http::request(rig.port(), "POST", &path, &[], Some(&body));
+        assert_eq!(r.status, 200, "POST {path}: {:?}", r.text());
+        assert_eq!(r.header("x-rcache-status"), Some("ERROR"), "POST {path}");
+        let echo = Echo::parse(&r.body);
+        assert_eq!(
+            (echo.method(), echo.uri(), echo.body_len(), echo.body_sha()),
+            (
+                "POST",
+                path.as_str(),
+                body.len(),
+                sha256_hex(&body).as_str()
+            ),
+            "POST {path}: what the fallback received"
+        );
+        let faulty = conns_of(&fake, from, &path);
+        let ok = format!("/ok{path}");
+        let ok_from = fake.request_log().len();
+        rig.assert_hit(&ok, &good_value(&ok));
+        assert!(conns_of(&fake, ok_from, &ok).is_disjoint(&faulty));
+    }
+    let small = b"field=value&other=1".to_vec();
+    let r = http::request(
+        rig.port(),
+        "POST",
+        "/post/junk?q=1",
+        &[("Transfer-Encoding", "chunked")],
+        Some(&http::chunked(&small, 4)),
+    );
+    assert_eq!(r.header("x-rcache-status"), Some("ERROR"));
+    let echo = Echo::parse(&r.body);
+    assert_eq!(
+        (echo.method(), echo.uri(), echo.body_sha()),
+        ("POST", "/post/junk?q=1", sha256_hex(&small).as_str())
+    );
+    // A POST whose value is cached is a HIT (the body is discarded).
+    let r = http::request(rig.port(), "POST", "/post/hit", &[], Some(&body));
+    assert_hit_response(&r, "/post/hit", &good_value("/post/hit"));
     rig.assert_no_serious_log_lines();
 }
