@@ -508,6 +508,8 @@ fn hit_split_at_every_byte_boundary_is_served_whole() {
         let r = client.get(&path).expect("keep-alive GET");
         assert_hit_response(&r, &path, &big);
     }
+    // All of those cuts in one reply (its key is longer, so the offsets land a little
+    // earlier in it; they still ascend within it).
     all.dedup();
     let path = format!(
         "/big/{}",
@@ -516,8 +518,6 @@ fn hit_split_at_every_byte_boundary_is_served_whole() {
             .collect::<Vec<_>>()
             .join("-")
     );
-    // (this key has another length: recompute nothing, the fake cuts its own reply; the
-    // cut offsets stay ascending and inside it)
     let r = client.get(&path).expect("keep-alive GET");
     assert_hit_response(&r, &path, &big);
 
