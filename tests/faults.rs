@@ -33,19 +33,6 @@ fn ms(n: u64) -> Duration {
     Duration::from_millis(n)
 }
 
-/// Deterministic pseudo-random bytes (xorshift), including CR, LF and NUL.
-fn bytes(n: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..n)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 24) as u8
-        })
-        .collect()
-}
-
 /// What the fake stores under a good key: it contains protocol lines on purpose.
 fn good_value(key: &str) -> Vec<u8> {
     format!("<p>page {key}</p>\r\nEND\r\nVALUE {key} 0 3\r\nabc\r\nEND\r\n").into_bytes()
@@ -1192,47 +1179,6 @@ fn a_client_abort_during_the_lookup_does_not_pool_a_half_read_connection() {
     rig.assert_no_serious_log_lines();
 }
 
-/// Stops nginx workers (SIGSTOP) until dropped (SIGCONT), so that events pile up and
-/// are handled in one batch, in the order they happened.
-struct Frozen(Vec<u32>);
-
-impl Frozen {
-    fn workers(nginx: &Nginx) -> Frozen {
-        let pids = nginx.worker_pids();
-        for &pid in &pids {
-            common::process::kill(pid, libc::SIGSTOP).expect("SIGSTOP worker");
-        }
-        // The signal takes effect asynchronously: wait until every worker is stopped.
-        let stopped = wait_until(SECOND * 5, || pids.iter().all(|&pid| is_stopped(pid)));
-        let frozen = Frozen(pids);
-        assert!(stopped, "workers {:?} did not stop", frozen.0);
-        frozen
-    }
-}
-
-/// True once every thread of `pid` is stopped (state `T` in `/proc/<pid>/task/*/stat`):
-/// SIGSTOP takes effect asynchronously, after `kill` returned.
-fn is_stopped(pid: u32) -> bool {
-    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
-        return false;
-    };
-    tasks.filter_map(Result::ok).all(|task| {
-        std::fs::read_to_string(task.path().join("stat")).is_ok_and(|stat| {
-            stat.rfind(')')
-                .and_then(|i| stat[i + 1..].split_whitespace().next())
-                .is_some_and(|state| state == "T")
-        })
-    })
-}
-
-impl Drop for Frozen {
-    fn drop(&mut self) {
-        for &pid in &self.0 {
-            let _ = common::process::kill(pid, libc::SIGCONT);
-        }
-    }
-}
-
 #[test]
 fn a_stale_pooled_connection_taken_before_its_close_is_seen_is_retried() {
     // The request is already waiting when memcached restarts: nginx handles it before it
@@ -1259,7 +1205,7 @@ fn a_stale_pooled_connection_taken_before_its_close_is_seen_is_retried() {
         );
 
         let offset = rig.nginx.error_log_len();
-        let frozen = Frozen::workers(&rig.nginx);
+        let frozen = Frozen::pids(rig.nginx.worker_pids());
         writer.write_all(request).expect("send");
         mc.restart();
         drop(frozen);

@@ -8,19 +8,6 @@ use std::time::{Duration, Instant};
 use common::http::{self, KeepAliveClient};
 use common::*;
 
-/// Deterministic pseudo-random bytes (xorshift), including CR, LF and NUL.
-fn bytes(n: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..n)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 24) as u8
-        })
-        .collect()
-}
-
 fn server(body: &str) -> String {
     format!("server {{ listen 127.0.0.1:{{port}}; {body} }}")
 }

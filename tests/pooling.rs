@@ -24,19 +24,6 @@ use common::*;
 /// rcache's default `rcache_keepalive`.
 const DEFAULT_KEEPALIVE: u64 = 64;
 
-/// Deterministic pseudo-random bytes (xorshift), including CR, LF and NUL.
-fn bytes(n: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..n)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 24) as u8
-        })
-        .collect()
-}
-
 /// The cached page: 4 KiB of binary bytes, with an "END" line inside for good measure.
 fn page() -> Vec<u8> {
     let mut v = bytes(4096, 42);
@@ -653,47 +640,6 @@ fn fake_value_reply(key: &str, value: &[u8]) -> Vec<u8> {
     value_reply(key, 0, value)
 }
 
-/// Stops nginx workers (SIGSTOP) until dropped (SIGCONT), so that events pile up and
-/// are handled in one batch, in the order they happened.
-struct Frozen(Vec<u32>);
-
-impl Frozen {
-    fn workers(nginx: &Nginx) -> Frozen {
-        let pids = nginx.worker_pids();
-        for &pid in &pids {
-            common::process::kill(pid, libc::SIGSTOP).expect("SIGSTOP worker");
-        }
-        // The signal takes effect asynchronously: wait until every worker is stopped.
-        let stopped = wait_until(SECOND * 5, || pids.iter().all(|&pid| is_stopped(pid)));
-        let frozen = Frozen(pids);
-        assert!(stopped, "workers {:?} did not stop", frozen.0);
-        frozen
-    }
-}
-
-/// True once every thread of `pid` is stopped (state `T` in `/proc/<pid>/task/*/stat`):
-/// SIGSTOP takes effect asynchronously, after `kill` returned.
-fn is_stopped(pid: u32) -> bool {
-    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
-        return false;
-    };
-    tasks.filter_map(Result::ok).all(|task| {
-        std::fs::read_to_string(task.path().join("stat")).is_ok_and(|stat| {
-            stat.rfind(')')
-                .and_then(|i| stat[i + 1..].split_whitespace().next())
-                .is_some_and(|state| state == "T")
-        })
-    })
-}
-
-impl Drop for Frozen {
-    fn drop(&mut self) {
-        for &pid in &self.0 {
-            let _ = common::process::kill(pid, libc::SIGCONT);
-        }
-    }
-}
-
 #[test]
 fn restart_with_requests_already_waiting_on_every_worker_is_a_miss() {
     // 20 keep-alive clients over 2 workers fill both workers' pools. With the workers
@@ -735,7 +681,7 @@ fn restart_with_requests_already_waiting_on_every_worker_is_a_miss() {
     assert!(pooled >= 2, "pooled connections: {pooled}");
 
     let offset = nginx.error_log_len();
-    let frozen = Frozen::workers(&nginx);
+    let frozen = Frozen::pids(nginx.worker_pids());
     for (_, writer) in clients.iter_mut() {
         writer.write_all(request).expect("send");
     }

@@ -319,12 +319,16 @@ impl Memcached {
         self.dir.path()
     }
 
-    /// Freezes memcached (SIGSTOP): connects still complete in the kernel, nothing is
-    /// answered. Do not call `stats` while paused.
+    /// Freezes memcached (SIGSTOP) and waits until it is stopped: connects still
+    /// complete in the kernel, nothing is answered. Do not call `stats` while paused.
     pub fn pause(&self) {
         let pid = self.pid();
         super::process::kill(pid, libc::SIGSTOP)
             .unwrap_or_else(|e| panic!("SIGSTOP memcached {pid}: {e}"));
+        assert!(
+            super::process::wait_until(Duration::from_secs(5), || super::process::is_stopped(pid)),
+            "memcached {pid} did not stop"
+        );
         self.paused.store(true, Ordering::SeqCst);
     }
 

@@ -65,7 +65,7 @@ pub use memcached::{Flagged, Memcached};
 #[allow(unused_imports)]
 pub use nginx::{AccessEntry, ConfigCheck, Nginx, Shutdown};
 #[allow(unused_imports)]
-pub use process::{free_port, wait_until};
+pub use process::{free_port, is_stopped, wait_until, Frozen};
 #[allow(unused_imports)]
 pub use sha256::sha256_hex;
 
@@ -73,3 +73,17 @@ use std::time::Duration;
 
 /// One second, for timeouts in assertions.
 pub const SECOND: Duration = Duration::from_secs(1);
+
+/// Deterministic pseudo-random bytes (xorshift) covering every value, CR, LF and NUL
+/// included: page bodies that would expose any byte mangling.
+pub fn bytes(n: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
+}

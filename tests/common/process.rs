@@ -316,3 +316,45 @@ impl Drop for Proc {
         }
     }
 }
+
+/// True once every thread of `pid` is stopped (state `T` in `/proc/<pid>/task/*/stat`):
+/// SIGSTOP takes effect asynchronously, after `kill` returned.
+pub fn is_stopped(pid: u32) -> bool {
+    let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) else {
+        return false;
+    };
+    tasks.filter_map(Result::ok).all(|task| {
+        fs::read_to_string(task.path().join("stat")).is_ok_and(|stat| {
+            stat.rfind(')')
+                .and_then(|i| stat[i + 1..].split_whitespace().next())
+                .is_some_and(|state| state == "T")
+        })
+    })
+}
+
+/// Stops processes (SIGSTOP, waiting until they are stopped) until dropped (SIGCONT):
+/// freezing nginx workers makes events pile up and be handled in one batch, in the order
+/// they happened.
+pub struct Frozen(Vec<u32>);
+
+impl Frozen {
+    pub fn pids(pids: Vec<u32>) -> Frozen {
+        for &pid in &pids {
+            kill(pid, libc::SIGSTOP).expect("SIGSTOP");
+        }
+        let stopped = wait_until(Duration::from_secs(5), || {
+            pids.iter().all(|&p| is_stopped(p))
+        });
+        let frozen = Frozen(pids);
+        assert!(stopped, "{:?} did not stop", frozen.0);
+        frozen
+    }
+}
+
+impl Drop for Frozen {
+    fn drop(&mut self) {
+        for &pid in &self.0 {
+            let _ = kill(pid, libc::SIGCONT);
+        }
+    }
+}
