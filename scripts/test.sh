@@ -117,7 +117,7 @@ if [ $run_vendored -eq 1 ]; then
     if stage build cargo build --release --features vendored; then
         # The integration tests load the module as shipped (not the test-profile copy).
         RCACHE_MODULE=${RCACHE_MODULE:-$here/target/release/librcache.so} \
-            stage vendored cargo test --release --features vendored "${cargo_args[@]}"
+            stage vendored cargo test --release --features vendored --no-fail-fast "${cargo_args[@]}"
     else
         record vendored "skipped (build failed)"
     fi
@@ -150,7 +150,7 @@ if [ $run_debian -eq 1 ]; then
         record debian "FAIL ($debian_nginx missing: apt-get install nginx)"
     else
         RCACHE_NGINX=$debian_nginx RCACHE_MODULE=$module \
-            stage debian cargo test --release --features vendored --test '*' "${cargo_args[@]}"
+            stage debian cargo test --release --features vendored --no-fail-fast --test '*' "${cargo_args[@]}"
     fi
 else
     record debian-build "skipped (--vendored-only)"
