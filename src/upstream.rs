@@ -206,6 +206,7 @@ unsafe extern "C" fn process_header(r: *mut ngx_http_request_t) -> ngx_int_t {
             Ok(Parsed::NeedLine) => NGX_AGAIN as ngx_int_t,
 
             Ok(Parsed::NeedValue { header, reply_len }) => {
+                record_status(u, NGX_HTTP_OK);
                 if let Err(verdict) = servable(r, &header, lookup.key()) {
                     // The value is not read: the connection is not reusable.
                     return take_over(r, Outcome::NotServed(verdict));
@@ -213,17 +214,19 @@ unsafe extern "C" fn process_header(r: *mut ngx_http_request_t) -> ngx_int_t {
                 // Room for the whole reply plus one byte, so that anything
                 // sent after END shows up as trailing data.
                 if !grow_buffer(r, reply_len + 1) {
-                    return NGX_ERROR as ngx_int_t;
+                    return take_over(r, Outcome::NotServed(Verdict::Error(Failure::Error)));
                 }
                 NGX_AGAIN as ngx_int_t
             }
 
             Ok(Parsed::Miss) => {
+                record_status(u, NGX_HTTP_NOT_FOUND);
                 u.set_keepalive(1);
                 take_over(r, Outcome::NotServed(Verdict::Miss))
             }
 
             Ok(Parsed::Hit(header)) => {
+                record_status(u, NGX_HTTP_OK);
                 u.set_keepalive(1);
                 match servable(r, &header, lookup.key()) {
                     Err(verdict) => take_over(r, Outcome::NotServed(verdict)),
@@ -235,6 +238,7 @@ unsafe extern "C" fn process_header(r: *mut ngx_http_request_t) -> ngx_int_t {
             }
 
             Err(err) => {
+                record_status(u, NGX_HTTP_BAD_GATEWAY);
                 ngx_log_error!(
                     NGX_LOG_ERR,
                     (*(*r).connection).log,
@@ -245,6 +249,15 @@ unsafe extern "C" fn process_header(r: *mut ngx_http_request_t) -> ngx_int_t {
                 take_over(r, Outcome::NotServed(Verdict::Error(Failure::Protocol)))
             }
         }
+    }
+}
+
+/// What memcached answered, for `$upstream_status` (as stock `memcached_pass`
+/// records it: 200 found, 404 not found, 502 invalid).
+fn record_status(u: &mut ngx_http_upstream_t, status: u32) {
+    // SAFETY: u->state is NULL or the state of the current attempt.
+    if let Some(state) = unsafe { u.state.as_mut() } {
+        state.status = status as ngx_uint_t;
     }
 }
 

@@ -601,3 +601,26 @@ fn values_over_rcache_max_size_are_misses() {
     // The connection that carried the unread value was not reused: still right.
     assert_eq!(http::get(site.port(), "/small").body, bytes(1024, 1));
 }
+
+#[test]
+fn upstream_status_records_what_memcached_answered() {
+    let mc = Memcached::start();
+    let nginx = Nginx::builder()
+        .var("mc", mc.port())
+        .http(
+            "log_format ups '$rcache_status $upstream_status';
+             server {
+                 listen 127.0.0.1:{port};
+                 access_log {prefix}/ups.log ups;
+                 location / { rcache_pass 127.0.0.1:{mc}; }
+             }",
+        )
+        .start();
+    mc.set_raw(b"/found", b"x", 0, 0);
+    assert_eq!(http::get(nginx.port(), "/found").status, 200);
+    assert_eq!(http::get(nginx.port(), "/missing").status, 404);
+    let path = nginx.prefix().join("ups.log");
+    let read = || std::fs::read_to_string(&path).unwrap_or_default();
+    wait_until(SECOND, || read().lines().count() == 2);
+    assert_eq!(read(), "HIT 200\nMISS 404\n");
+}
