@@ -19,6 +19,15 @@ fn main() {
         }
     }
 
+    // Round-robin peers are reference-counted since nginx 1.27.3 (`server ... resolve`).
+    println!("cargo::rustc-check-cfg=cfg(ngx_rr_peer_refs)");
+    println!("cargo::rerun-if-env-changed=DEP_NGINX_VERSION_NUMBER");
+    if let Ok(version) = env::var("DEP_NGINX_VERSION_NUMBER") {
+        if version.parse::<u64>().is_ok_and(|v| v >= 1_027_003) {
+            println!("cargo::rustc-cfg=ngx_rr_peer_refs");
+        }
+    }
+
     println!("cargo::rerun-if-env-changed=DEP_NGINX_BUILD_DIR");
     if let Ok(dir) = env::var("DEP_NGINX_BUILD_DIR") {
         println!("cargo::rustc-env=DEP_NGINX_BUILD_DIR={dir}");

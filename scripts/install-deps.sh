@@ -32,6 +32,9 @@ run_pkgs=(memcached python3 curl ca-certificates)
 # /usr/share/nginx/src + conf_flags used by scripts/build-for-installed-nginx.sh.
 debian_nginx_pkgs=(nginx nginx-dev)
 # Optional groups.
+# The cluster tests write keys with the clients apps use (pylibmc from Debian; pymemcache
+# comes from PyPI into target/pyenv, see scripts/python-env.sh).
+test_pkgs=(python3-venv python3-pylibmc)
 bench_pkgs=(wrk)
 lint_pkgs=(shellcheck)
 # Daemons shipped by the packages above that must not be left running / enabled.
@@ -58,7 +61,7 @@ for arg in "$@"; do
     esac
 done
 case $profile in
-    full) want=("${build_pkgs[@]}" "${run_pkgs[@]}" "${debian_nginx_pkgs[@]}") ;;
+    full) want=("${build_pkgs[@]}" "${run_pkgs[@]}" "${debian_nginx_pkgs[@]}" "${test_pkgs[@]}") ;;
     runtime) want=(nginx "${run_pkgs[@]}") ;;
 esac
 want+=("${extra[@]}")

@@ -9,6 +9,8 @@
 #
 # Stages:
 #   deps           scripts/install-deps.sh (skipped when RCACHE_SKIP_DEPS=1)
+#   pyenv          scripts/python-env.sh: target/pyenv with pymemcache (PyPI) and pylibmc
+#                  (Debian), the clients the cluster tests write keys with
 #   build          cargo build --release --features vendored
 #                  the module as shipped (panic=abort, LTO) -> target/release/librcache.so.
 #                  `cargo test` alone does not refresh that file: it builds the library
@@ -108,6 +110,12 @@ summary() {
 if [ "${RCACHE_SKIP_DEPS:-0}" = 1 ]; then
     record deps "skipped (RCACHE_SKIP_DEPS=1)"
 elif ! stage deps "$here/scripts/install-deps.sh"; then
+    summary
+    exit 1
+fi
+
+# --- Python clients for the cluster tests (target/pyenv) ----------------------------------
+if ! stage pyenv "$here/scripts/python-env.sh"; then
     summary
     exit 1
 fi

@@ -587,7 +587,7 @@ const fn command(
 }
 
 /// The module's directives.
-pub static mut COMMANDS: [ngx_command_t; 12] = [
+pub static mut COMMANDS: [ngx_command_t; 13] = [
     command(
         ngx_string!("rcache_pass"),
         NGX_HTTP_LOC_CONF | NGX_HTTP_LIF_CONF | NGX_CONF_TAKE1,
@@ -665,6 +665,14 @@ pub static mut COMMANDS: [ngx_command_t; 12] = [
         offset_of!(LocConf, gzip_flag),
         ptr::addr_of_mut!(GZIP_FLAG_POST).cast(),
     ),
+    ngx_command_t {
+        name: ngx_string!("rcache_hash"),
+        type_: (NGX_HTTP_UPS_CONF | NGX_CONF_TAKE12) as ngx_uint_t,
+        set: Some(crate::balancer::set_hash),
+        conf: NGX_HTTP_SRV_CONF_OFFSET,
+        offset: 0,
+        post: ptr::null_mut(),
+    },
     ngx_command_t::empty(),
 ];
 

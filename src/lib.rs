@@ -11,6 +11,7 @@
 //!   gzip handling;
 //! * `target.rs`, `peer.rs`, `pool.rs` — hooking into an upstream's balancer,
 //!   per-request peer handling, idle connection pool;
+//! * `balancer/` — `rcache_hash`: the server a key's writer chose;
 //! * `variables.rs` — `$rcache_status`.
 
 use core::ffi::c_void;
@@ -18,6 +19,7 @@ use core::ptr;
 
 use ngx::ffi::*;
 
+mod balancer;
 mod conf;
 mod gzip;
 mod handler;
@@ -34,7 +36,7 @@ static MODULE_CTX: ngx_http_module_t = ngx_http_module_t {
     postconfiguration: Some(postconfiguration),
     create_main_conf: Some(conf::create_main_conf),
     init_main_conf: None,
-    create_srv_conf: None,
+    create_srv_conf: Some(balancer::create_srv_conf),
     merge_srv_conf: None,
     create_loc_conf: Some(conf::create_loc_conf),
     merge_loc_conf: Some(conf::merge_loc_conf),

@@ -107,10 +107,12 @@ unsafe extern "C" fn get_peer(pc: *mut ngx_peer_connection_t, data: *mut c_void)
         };
         let rc = balancer_get(pc, pd.balancer_data);
         if rc == NGX_BUSY as ngx_int_t {
+            // The server is down: said once when it went down (by nginx's balancer or
+            // rcache_hash), not again for every request while it is.
             ngx_log_error!(
-                NGX_LOG_ERR,
+                NGX_LOG_INFO,
                 (*pc).log,
-                "rcache: no live memcached servers in upstream \"{}\"",
+                "rcache: no live memcached server for this key in upstream \"{}\"",
                 (*(*pd.target).uscf).host
             );
             upstream::give_up(pd.request, Failure::NoLiveServers);
@@ -165,6 +167,13 @@ unsafe extern "C" fn free_peer(
         }
 
         if let Some(balancer_free) = pd.balancer_free {
+            // A stale pooled connection says nothing about the server: it must not
+            // count against max_fails.
+            let state = if retry_fresh {
+                state & !(NGX_PEER_FAILED as ngx_uint_t)
+            } else {
+                state
+            };
             balancer_free(pc, pd.balancer_data, state);
         }
 

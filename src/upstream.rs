@@ -398,6 +398,15 @@ unsafe fn finish_upstream(r: *mut ngx_http_request_t) {
     }
 }
 
+/// The escaped key an rcache request looks up (for the balancer).
+///
+/// # Safety
+/// `r` must be a live request.
+pub unsafe fn lookup_key<'a>(r: *mut ngx_http_request_t) -> Option<&'a [u8]> {
+    // SAFETY: forwarded contract.
+    unsafe { lookup(r).map(|l| l.key()) }
+}
+
 /// # Safety
 /// `r` must be a live request.
 unsafe fn lookup<'a>(r: *mut ngx_http_request_t) -> Option<&'a Lookup> {

@@ -1,0 +1,416 @@
+//! The `rcache_hash` balancer: nginx's round-robin peers (with their `weight`, `down`,
+//! `max_fails`, `fail_timeout`, `max_conns`), but the server is the one the key belongs
+//! to, never another.
+//!
+//! A key has one home. If that server is down (marked `down`, or failed `max_fails` times
+//! within `fail_timeout`), the request goes to the fallback at once, without a connect:
+//! looking the key up elsewhere could serve a copy written while the home server was away
+//! and never invalidated since (clients that remap dead servers write there; their
+//! deletes later go home), and a stale page is worse than a render by the app.
+//!
+//! Requests that are not rcache lookups (`memcached_pass` or `proxy_pass` to the same
+//! upstream) are balanced round robin.
+
+use core::ffi::{c_char, c_void};
+use core::ptr;
+
+use ngx::core::{NGX_CONF_ERROR, NGX_CONF_OK};
+use ngx::ffi::*;
+use ngx::http::{HttpModuleServerConf, NgxHttpUpstreamModule};
+use ngx::{ngx_conf_log_error, ngx_log_error};
+
+use super::servers::ServerName;
+use super::{Algorithm, Ring};
+use crate::upstream;
+
+/// This module's configuration of an `upstream {}` block.
+#[repr(C)]
+pub struct HashConf {
+    algorithm: Option<Algorithm>,
+    ring: *const Ring,
+}
+
+/// # Safety
+/// `cf` must be valid during configuration.
+pub unsafe extern "C" fn create_srv_conf(cf: *mut ngx_conf_t) -> *mut c_void {
+    // SAFETY: allocated from the configuration pool and fully written.
+    unsafe {
+        let conf = ngx_palloc((*cf).pool, size_of::<HashConf>()) as *mut HashConf;
+        if conf.is_null() {
+            return ptr::null_mut();
+        }
+        ptr::write(
+            conf,
+            HashConf {
+                algorithm: None,
+                ring: ptr::null(),
+            },
+        );
+        conf.cast()
+    }
+}
+
+/// `rcache_hash rendezvous | ketama [weighted] | modula;` in `upstream {}`.
+///
+/// # Safety
+/// Called by nginx while parsing an `upstream {}` block; `conf` is our srv conf.
+pub unsafe extern "C" fn set_hash(
+    cf: *mut ngx_conf_t,
+    _cmd: *mut ngx_command_t,
+    conf: *mut c_void,
+) -> *mut c_char {
+    // SAFETY: per the contract above.
+    unsafe {
+        let hcf = &mut *(conf as *mut HashConf);
+        if hcf.algorithm.is_some() {
+            return c"is duplicate".as_ptr().cast_mut();
+        }
+        let args = &(*(*cf).args).as_slice::<ngx_str_t>()[1..];
+        let words: Vec<&[u8]> = args.iter().map(|a| a.as_bytes()).collect();
+        let Some(algorithm) = Algorithm::parse(&words) else {
+            ngx_conf_log_error!(
+                NGX_LOG_EMERG,
+                cf,
+                "invalid value \"{}\" in the \"rcache_hash\" directive, it must be \
+                 \"rendezvous\", \"ketama\", \"ketama weighted\" or \"modula\"",
+                words
+                    .iter()
+                    .map(|w| String::from_utf8_lossy(w))
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            );
+            return NGX_CONF_ERROR;
+        };
+        hcf.algorithm = Some(algorithm);
+
+        let Some(uscf) = NgxHttpUpstreamModule::server_conf_mut(&*cf) else {
+            return NGX_CONF_ERROR;
+        };
+        if uscf.peer.init_upstream.is_some() {
+            ngx_conf_log_error!(NGX_LOG_WARN, cf, "load balancing method redefined");
+        }
+        uscf.peer.init_upstream = Some(init_upstream);
+        // No `backup`: a key has one home server.
+        uscf.flags = (NGX_HTTP_UPSTREAM_CREATE
+            | NGX_HTTP_UPSTREAM_WEIGHT
+            | NGX_HTTP_UPSTREAM_MAX_CONNS
+            | NGX_HTTP_UPSTREAM_MAX_FAILS
+            | NGX_HTTP_UPSTREAM_FAIL_TIMEOUT
+            | NGX_HTTP_UPSTREAM_DOWN) as ngx_uint_t;
+        NGX_CONF_OK
+    }
+}
+
+/// Builds the round-robin peers, then the ring over their server names.
+unsafe extern "C" fn init_upstream(
+    cf: *mut ngx_conf_t,
+    us: *mut ngx_http_upstream_srv_conf_t,
+) -> ngx_int_t {
+    // SAFETY: nginx calls this with the upstream's conf while finishing http{}.
+    unsafe {
+        if ngx_http_upstream_init_round_robin(cf, us) != NGX_OK as ngx_int_t {
+            return NGX_ERROR as ngx_int_t;
+        }
+        let hcf = &mut *(*(*us).srv_conf.add(crate::module().ctx_index) as *mut HashConf);
+        let Some(algorithm) = hcf.algorithm else {
+            return NGX_ERROR as ngx_int_t;
+        };
+        let peers = (*us).peer.data as *mut ngx_http_upstream_rr_peers_t;
+        let fail = |what: String| {
+            ngx_log_error!(
+                NGX_LOG_EMERG,
+                (*cf).log,
+                "rcache_hash: {} in upstream \"{}\" in {}:{}",
+                what,
+                (*us).host,
+                String::from_utf8_lossy(
+                    core::ffi::CStr::from_ptr((*us).file_name.cast()).to_bytes()
+                ),
+                (*us).line
+            );
+            NGX_ERROR as ngx_int_t
+        };
+        if !(*peers).next.is_null() {
+            return fail("backup servers are not supported".into());
+        }
+
+        let mut servers: Vec<(ServerName, u32)> = Vec::new();
+        let mut names: Vec<&[u8]> = Vec::new();
+        let mut peer = (*peers).peer;
+        while !peer.is_null() {
+            let text = (*peer).server.as_bytes();
+            if names.contains(&text) {
+                return fail(format!(
+                    "server \"{}\" resolves to several addresses, a key needs one server",
+                    String::from_utf8_lossy(text)
+                ));
+            }
+            match ServerName::parse(text) {
+                Ok(name) => servers.push((name, (*peer).weight as u32)),
+                Err(e) => {
+                    return fail(format!(
+                        "server \"{}\" {}",
+                        String::from_utf8_lossy(text),
+                        e
+                    ))
+                }
+            }
+            names.push(text);
+            peer = (*peer).next;
+        }
+
+        let ring = Box::into_raw(Box::new(Ring::new(algorithm, &servers)));
+        let cln = ngx_pool_cleanup_add((*cf).pool, 0);
+        if cln.is_null() {
+            drop(Box::from_raw(ring));
+            return NGX_ERROR as ngx_int_t;
+        }
+        (*cln).handler = Some(drop_ring);
+        (*cln).data = ring.cast();
+        hcf.ring = ring;
+
+        (*us).peer.init = Some(init_peer);
+    }
+    NGX_OK as ngx_int_t
+}
+
+/// Frees a ring with the configuration that built it.
+unsafe extern "C" fn drop_ring(data: *mut c_void) {
+    // SAFETY: data is the Box<Ring> leaked by init_upstream, freed once, here.
+    unsafe { drop(Box::from_raw(data as *mut Ring)) }
+}
+
+/// Per-request state: the round-robin state first, as nginx's round-robin functions
+/// expect to find it at `peer.data`.
+#[repr(C)]
+struct HashPeerData {
+    rrp: ngx_http_upstream_rr_peer_data_t,
+    request: *mut ngx_http_request_t,
+    ring: *const Ring,
+}
+
+unsafe extern "C" fn init_peer(
+    r: *mut ngx_http_request_t,
+    us: *mut ngx_http_upstream_srv_conf_t,
+) -> ngx_int_t {
+    // SAFETY: nginx calls peer.init with a live request and this upstream's conf.
+    unsafe {
+        let hp = ngx_pcalloc((*r).pool, size_of::<HashPeerData>()) as *mut HashPeerData;
+        if hp.is_null() {
+            return NGX_ERROR as ngx_int_t;
+        }
+        let u = (*r).upstream;
+        (*u).peer.data = ptr::addr_of_mut!((*hp).rrp).cast();
+        if ngx_http_upstream_init_round_robin_peer(r, us) != NGX_OK as ngx_int_t {
+            return NGX_ERROR as ngx_int_t;
+        }
+        if !upstream::is_rcache(u) {
+            return NGX_OK as ngx_int_t;
+        }
+        let hcf = &*(*(*us).srv_conf.add(crate::module().ctx_index) as *const HashConf);
+        (*hp).request = r;
+        (*hp).ring = hcf.ring;
+        (*u).peer.get = Some(get_peer);
+        (*u).peer.free = Some(free_peer);
+        // One server holds the key: one try (rcache's peer layer adds the retry on a
+        // new connection after a stale pooled one).
+        (*u).peer.tries = 1;
+    }
+    NGX_OK as ngx_int_t
+}
+
+unsafe extern "C" fn get_peer(pc: *mut ngx_peer_connection_t, data: *mut c_void) -> ngx_int_t {
+    // SAFETY: data is this request's HashPeerData; peers are locked as nginx's
+    // round-robin code locks them.
+    unsafe {
+        let hp = &mut *(data as *mut HashPeerData);
+        let Some(key) = upstream::lookup_key(hp.request) else {
+            return NGX_ERROR as ngx_int_t;
+        };
+        let Some(index) = (*hp.ring).pick(key) else {
+            return NGX_BUSY as ngx_int_t;
+        };
+        let peers = hp.rrp.peers;
+        let _peers_lock = PeersLock::read(peers);
+        let Some(peer) = nth_peer(peers, index) else {
+            return NGX_BUSY as ngx_int_t;
+        };
+        let _peer_lock = PeerLock::new(peers, peer);
+        let p = &mut *peer;
+        let now = ngx_time();
+        if p.down != 0 || recently_failed(p, now) || (p.max_conns != 0 && p.conns >= p.max_conns) {
+            return NGX_BUSY as ngx_int_t;
+        }
+
+        hp.rrp.current = peer;
+        #[cfg(ngx_rr_peer_refs)]
+        {
+            p.refs += 1;
+        }
+        (*pc).sockaddr = p.sockaddr;
+        (*pc).socklen = p.socklen;
+        (*pc).name = &mut p.name;
+        (*pc).set_cached(0);
+        (*pc).connection = ptr::null_mut();
+        p.conns += 1;
+        if now - p.checked > p.fail_timeout {
+            p.checked = now;
+        }
+        NGX_OK as ngx_int_t
+    }
+}
+
+unsafe extern "C" fn free_peer(
+    pc: *mut ngx_peer_connection_t,
+    data: *mut c_void,
+    state: ngx_uint_t,
+) {
+    // SAFETY: data is this request's HashPeerData; rrp.current is the peer get_peer
+    // chose (free is only called after a successful get).
+    unsafe {
+        let hp = &mut *(data as *mut HashPeerData);
+        let peer = hp.rrp.current;
+        if peer.is_null() {
+            return;
+        }
+        let was_down = with_peer(hp.rrp.peers, peer, is_marked_down);
+        ngx_http_upstream_free_round_robin_peer(pc, ptr::addr_of_mut!(hp.rrp).cast(), state);
+        let (down, fail_timeout, fails) = with_peer(hp.rrp.peers, peer, |p| {
+            (is_marked_down(p), p.fail_timeout, p.fails)
+        });
+
+        // One line when a server goes down, one when it is back: not one per request.
+        let name = &(*peer).server;
+        if down && !was_down {
+            ngx_log_error!(
+                NGX_LOG_ERR,
+                (*pc).log,
+                "rcache: memcached server \"{}\" failed {} time(s): its keys go to the \
+                 fallback for {}s",
+                name,
+                fails,
+                fail_timeout
+            );
+        } else if was_down && !down && state & NGX_PEER_FAILED as ngx_uint_t == 0 {
+            ngx_log_error!(
+                NGX_LOG_WARN,
+                (*pc).log,
+                "rcache: memcached server \"{}\" answers again",
+                name
+            );
+        }
+    }
+}
+
+fn is_marked_down(p: &ngx_http_upstream_rr_peer_t) -> bool {
+    p.max_fails != 0 && p.fails >= p.max_fails
+}
+
+fn recently_failed(p: &ngx_http_upstream_rr_peer_t, now: time_t) -> bool {
+    is_marked_down(p) && now - p.checked <= p.fail_timeout
+}
+
+/// The `index`-th peer, in the order of the `server` lines.
+///
+/// # Safety
+/// `peers` must be locked for reading.
+unsafe fn nth_peer(
+    peers: *mut ngx_http_upstream_rr_peers_t,
+    index: usize,
+) -> Option<*mut ngx_http_upstream_rr_peer_t> {
+    // SAFETY: the peer list is a NULL-terminated linked list.
+    unsafe {
+        let mut peer = (*peers).peer;
+        for _ in 0..index {
+            if peer.is_null() {
+                return None;
+            }
+            peer = (*peer).next;
+        }
+        (!peer.is_null()).then_some(peer)
+    }
+}
+
+/// Runs `f` on `peer` under the locks nginx's round-robin code uses.
+///
+/// # Safety
+/// `peer` must belong to `peers`.
+unsafe fn with_peer<T>(
+    peers: *mut ngx_http_upstream_rr_peers_t,
+    peer: *mut ngx_http_upstream_rr_peer_t,
+    f: impl FnOnce(&ngx_http_upstream_rr_peer_t) -> T,
+) -> T {
+    // SAFETY: per the contract above.
+    unsafe {
+        let _peers_lock = PeersLock::read(peers);
+        let _peer_lock = PeerLock::new(peers, peer);
+        f(&*peer)
+    }
+}
+
+/// `ngx_http_upstream_rr_peers_rlock`/`unlock`: peers in a shared memory `zone` are
+/// shared by the workers and locked; others are per worker and are not.
+struct PeersLock(*mut ngx_http_upstream_rr_peers_t);
+
+impl PeersLock {
+    /// # Safety
+    /// `peers` must be valid for the lock's lifetime.
+    unsafe fn read(peers: *mut ngx_http_upstream_rr_peers_t) -> PeersLock {
+        #[cfg(ngx_feature = "http_upstream_zone")]
+        // SAFETY: per the contract above.
+        unsafe {
+            if !(*peers).shpool.is_null() {
+                ngx_rwlock_rlock(&mut (*peers).rwlock);
+            }
+        }
+        PeersLock(peers)
+    }
+}
+
+impl Drop for PeersLock {
+    fn drop(&mut self) {
+        #[cfg(ngx_feature = "http_upstream_zone")]
+        // SAFETY: the lock was taken in read() on the same peers.
+        unsafe {
+            if !(*self.0).shpool.is_null() {
+                ngx_rwlock_unlock(&mut (*self.0).rwlock);
+            }
+        }
+    }
+}
+
+/// `ngx_http_upstream_rr_peer_lock`/`unlock`.
+struct PeerLock(
+    *mut ngx_http_upstream_rr_peers_t,
+    *mut ngx_http_upstream_rr_peer_t,
+);
+
+impl PeerLock {
+    /// # Safety
+    /// `peer` must belong to `peers`, both valid for the lock's lifetime.
+    unsafe fn new(
+        peers: *mut ngx_http_upstream_rr_peers_t,
+        peer: *mut ngx_http_upstream_rr_peer_t,
+    ) -> PeerLock {
+        #[cfg(ngx_feature = "http_upstream_zone")]
+        // SAFETY: per the contract above.
+        unsafe {
+            if !(*peers).shpool.is_null() {
+                ngx_rwlock_wlock(&mut (*peer).lock);
+            }
+        }
+        PeerLock(peers, peer)
+    }
+}
+
+impl Drop for PeerLock {
+    fn drop(&mut self) {
+        #[cfg(ngx_feature = "http_upstream_zone")]
+        // SAFETY: the lock was taken in new() on the same peer.
+        unsafe {
+            if !(*self.0).shpool.is_null() {
+                ngx_rwlock_unlock(&mut (*self.1).lock);
+            }
+        }
+    }
+}
