@@ -2,24 +2,33 @@
 //!
 //! A connection whose last reply was read completely and cleanly is parked
 //! here instead of being closed; the next request to the same server takes it
-//! back (most recently used first, so surplus connections age out). While
-//! parked, a connection is watched: anything memcached sends (it should send
-//! nothing), a close, an error, the idle timeout, or nginx shutting down
-//! (`c->close`) closes it and removes it from the pool — so a stale or
-//! desynchronised connection is never handed to a request.
+//! back (most recently used first). While parked, a connection is watched:
+//! anything memcached sends (it should send nothing), a close, an error, or
+//! nginx shutting down (`c->close`) closes it and removes it from the pool — so
+//! a stale or desynchronised connection is never handed to a request.
+//!
+//! `rcache_keepalive N` is how many idle connections stay open at rest. Under
+//! load a worker may have more lookups in flight than N; closing the surplus
+//! the moment each lookup ends would mean connecting again for the next batch
+//! of requests, every time (stock nginx's `keepalive` behaves so). Instead a
+//! connection parked beyond N is closed only if it stays idle for a second:
+//! connections follow the load up, and come back down to N soon after it.
 
 use core::ffi::c_void;
 use core::ptr;
 
 use ngx::ffi::*;
 
-/// How long a parked connection may stay idle.
+/// How long one of the first N parked connections may stay idle.
 const IDLE_TIMEOUT: ngx_msec_t = 60_000;
 
-/// Bounded LIFO of idle connections to one server.
+/// How long a connection beyond N may stay idle.
+const SURPLUS_IDLE_TIMEOUT: ngx_msec_t = 1_000;
+
+/// LIFO of idle connections to one server, with when each was parked.
 #[derive(Debug, Default)]
 pub struct Slots<C> {
-    conns: Vec<C>,
+    conns: Vec<(C, ngx_msec_t)>,
 }
 
 impl<C: Copy + PartialEq> Slots<C> {
@@ -29,21 +38,35 @@ impl<C: Copy + PartialEq> Slots<C> {
 
     /// The most recently parked connection.
     pub fn take(&mut self) -> Option<C> {
-        self.conns.pop()
+        self.conns.pop().map(|(c, _)| c)
     }
 
-    /// Parks `c` if fewer than `limit` are parked.
-    pub fn put(&mut self, c: C, limit: usize) -> bool {
-        if self.conns.len() >= limit {
-            return false;
+    /// Parks `c` at time `now`; returns how long it may stay idle: long while at
+    /// most `keep` are parked, short beyond that.
+    pub fn put(&mut self, c: C, now: ngx_msec_t, keep: usize) -> ngx_msec_t {
+        self.conns.push((c, now));
+        if self.conns.len() <= keep {
+            IDLE_TIMEOUT
+        } else {
+            SURPLUS_IDLE_TIMEOUT
         }
-        self.conns.push(c);
-        true
+    }
+
+    /// A parked connection's idle timer fired at `now`: `None` if it must be
+    /// closed (idle for the full timeout, or more than `keep` are parked),
+    /// else how much longer it may stay.
+    pub fn on_timeout(&self, c: C, now: ngx_msec_t, keep: usize) -> Option<ngx_msec_t> {
+        let &(_, parked) = self.conns.iter().find(|(x, _)| *x == c)?;
+        let idle = now.wrapping_sub(parked);
+        if idle >= IDLE_TIMEOUT || self.conns.len() > keep {
+            return None;
+        }
+        Some(IDLE_TIMEOUT - idle)
     }
 
     /// Forgets `c` (it was closed while parked).
     pub fn remove(&mut self, c: C) -> bool {
-        match self.conns.iter().position(|&x| x == c) {
+        match self.conns.iter().position(|&(x, _)| x == c) {
             Some(i) => {
                 self.conns.swap_remove(i);
                 true
@@ -57,6 +80,8 @@ impl<C: Copy + PartialEq> Slots<C> {
 pub struct ServerIdle {
     addr: Vec<u8>,
     slots: Slots<*mut ngx_connection_t>,
+    /// `rcache_keepalive` of the request that parked a connection last.
+    keep: usize,
 }
 
 /// All idle connections of one upstream in this worker.
@@ -113,15 +138,15 @@ impl IdlePool {
         Some(c)
     }
 
-    /// Parks `c` (connected to `addr`) unless `limit` connections to that
-    /// server are parked already. Returns whether it was parked; if not, the
-    /// caller still owns `c` and closes it.
+    /// Parks `c` (connected to `addr`), keeping `keep` idle at rest. Returns
+    /// whether it was parked; if not (`keep` is 0, or the event could not be
+    /// armed), the caller still owns `c` and closes it.
     ///
     /// # Safety
     /// `c` must be an open upstream connection that has finished a request
     /// cleanly; must run on the event loop thread of a worker.
-    pub unsafe fn put(&mut self, c: *mut ngx_connection_t, addr: &[u8], limit: usize) -> bool {
-        if limit == 0 {
+    pub unsafe fn put(&mut self, c: *mut ngx_connection_t, addr: &[u8], keep: usize) -> bool {
+        if keep == 0 {
             return false;
         }
         let server: *mut ServerIdle = match self.server(addr) {
@@ -130,6 +155,7 @@ impl IdlePool {
                 self.servers.push(Box::new(ServerIdle {
                     addr: addr.to_vec(),
                     slots: Slots::new(),
+                    keep,
                 }));
                 match self.servers.last_mut() {
                     Some(s) => &mut **s,
@@ -142,12 +168,11 @@ impl IdlePool {
             if ngx_handle_read_event((*c).read, 0) != NGX_OK as ngx_int_t {
                 return false;
             }
-            if !(*server).slots.put(c, limit) {
-                return false;
-            }
+            (*server).keep = keep;
+            let timeout = (*server).slots.put(c, ngx_current_msec, keep);
             let cr = &mut *c;
             (*cr.read).set_delayed(0);
-            ngx_add_timer(cr.read, IDLE_TIMEOUT);
+            ngx_add_timer(cr.read, timeout);
             if (*cr.write).timer_set() != 0 {
                 ngx_del_timer(cr.write);
             }
@@ -171,24 +196,34 @@ impl IdlePool {
     }
 }
 
-/// A parked connection became readable, timed out, or nginx is shutting down.
+/// A parked connection became readable, its idle timer fired, or nginx is
+/// shutting down.
 unsafe extern "C" fn idle_read_handler(ev: *mut ngx_event_t) {
     // SAFETY: ev belongs to a parked connection whose data is its ServerIdle.
     unsafe {
         let c = (*ev).data as *mut ngx_connection_t;
-        if (*c).close() == 0 && (*ev).timedout() == 0 {
-            let mut byte = 0u8;
-            let n = libc_recv((*c).fd, &mut byte);
-            if n == -1 && ngx_socket_errno() == NGX_EAGAIN as ngx_err_t {
-                // Nothing to read: a spurious wakeup; keep it.
-                (*ev).set_ready(0);
-                if ngx_handle_read_event(ev, 0) == NGX_OK as ngx_int_t {
+        let server = &mut *((*c).data as *mut ServerIdle);
+        if (*c).close() == 0 {
+            if (*ev).timedout() != 0 {
+                if let Some(rest) = server.slots.on_timeout(c, ngx_current_msec, server.keep) {
+                    // One of the N kept at rest: not idle for long enough yet.
+                    (*ev).set_timedout(0);
+                    ngx_add_timer(ev, rest);
                     return;
+                }
+            } else {
+                let mut byte = 0u8;
+                let n = libc_recv((*c).fd, &mut byte);
+                if n == -1 && ngx_socket_errno() == NGX_EAGAIN as ngx_err_t {
+                    // Nothing to read: a spurious wakeup; keep it.
+                    (*ev).set_ready(0);
+                    if ngx_handle_read_event(ev, 0) == NGX_OK as ngx_int_t {
+                        return;
+                    }
                 }
             }
         }
-        let server = (*c).data as *mut ServerIdle;
-        (*server).slots.remove(c);
+        server.slots.remove(c);
         close(c);
     }
 }
@@ -233,24 +268,41 @@ mod tests {
     use super::*;
 
     #[test]
-    fn slots_are_bounded_and_lifo() {
+    fn lifo_with_long_timeouts_up_to_keep_and_short_ones_beyond() {
         let mut s = Slots::new();
-        assert!(s.put(1, 2));
-        assert!(s.put(2, 2));
-        assert!(!s.put(3, 2), "over the limit");
-        assert_eq!(s.conns.len(), 2);
-        assert_eq!(s.take(), Some(2), "most recently parked first");
+        assert_eq!(s.put(1, 0, 2), IDLE_TIMEOUT);
+        assert_eq!(s.put(2, 0, 2), IDLE_TIMEOUT);
+        assert_eq!(s.put(3, 0, 2), SURPLUS_IDLE_TIMEOUT, "beyond keep: short");
+        assert_eq!(s.take(), Some(3), "most recently parked first");
+        assert_eq!(s.take(), Some(2));
         assert_eq!(s.take(), Some(1));
         assert_eq!(s.take(), None);
-        assert!(!s.put(4, 0), "limit 0 keeps nothing");
-        assert!(s.conns.is_empty());
+    }
+
+    #[test]
+    fn surplus_connections_close_when_their_short_timer_fires() {
+        let mut s = Slots::new();
+        for c in 1..=4 {
+            s.put(c, 1000, 2);
+        }
+        // 4 parked, keep 2: any timer that fires closes its connection ...
+        assert_eq!(s.on_timeout(4, 2000, 2), None);
+        s.remove(4);
+        assert_eq!(s.on_timeout(3, 2000, 2), None);
+        s.remove(3);
+        // ... until only 2 are left: those stay, for the rest of the long timeout.
+        assert_eq!(s.on_timeout(2, 2000, 2), Some(IDLE_TIMEOUT - 1000));
+        // Idle for the whole long timeout: closed even within keep.
+        assert_eq!(s.on_timeout(1, 1000 + IDLE_TIMEOUT, 2), None);
+        // Unknown connections are not ours to keep.
+        assert_eq!(s.on_timeout(9, 2000, 2), None);
     }
 
     #[test]
     fn a_closed_connection_is_forgotten() {
         let mut s = Slots::new();
         for c in 1..=4 {
-            assert!(s.put(c, 8));
+            s.put(c, 0, 8);
         }
         assert!(s.remove(2));
         assert!(!s.remove(2));
