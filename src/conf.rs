@@ -14,6 +14,7 @@ use ngx::ffi::*;
 use ngx::http::{HttpModuleLocationConf, NgxHttpCoreModule};
 use ngx::{ngx_conf_log_error, ngx_string};
 
+use crate::front::{self, FrontConf};
 use crate::handler;
 use crate::target::Target;
 
@@ -57,6 +58,8 @@ pub struct LocConf {
     /// The upstream's pooling and failure state, shared by every location
     /// that passes to the same upstream.
     pub target: *mut Target,
+    /// `rcache_front`; NULL means off.
+    pub front: *mut FrontConf,
 }
 
 impl LocConf {
@@ -92,8 +95,9 @@ pub struct Fallback {
 pub struct MainConf {
     /// Every upstream used by `rcache_pass`, as `*mut Target`.
     pub targets: *mut ngx_array_t,
-    /// Index of `$rcache_status` in `r->variables`.
+    /// Indexes of `$rcache_status` and `$rcache_front` in `r->variables`.
     pub status_index: ngx_int_t,
+    pub front_index: ngx_int_t,
     /// Named-location fallbacks to verify once every server's named
     /// locations are known, as `NamedFallback`.
     pub named_fallbacks: *mut ngx_array_t,
@@ -122,6 +126,7 @@ pub unsafe extern "C" fn create_main_conf(cf: *mut ngx_conf_t) -> *mut c_void {
             return ptr::null_mut();
         }
         (*mcf).status_index = UNSET;
+        (*mcf).front_index = UNSET;
         mcf.cast()
     }
 }
@@ -162,6 +167,7 @@ pub unsafe extern "C" fn create_loc_conf(cf: *mut ngx_conf_t) -> *mut c_void {
         c.keepalive = UNSET;
         c.max_size = UNSET_SIZE;
         c.gzip_flag = UNSET;
+        c.front = UNSET_PTR.cast();
         conf.cast()
     }
 }
@@ -218,6 +224,7 @@ pub unsafe extern "C" fn merge_loc_conf(
         };
     }
     merge_int(&mut conf.gzip_flag, prev.gzip_flag, 0);
+    merge_ptr(&mut conf.front, prev.front);
 
     // SAFETY: nginx merges with cf->ctx set to the server being merged.
     if !conf.upstream.upstream.is_null() && !unsafe { remember_named_fallback(cf, conf) } {
@@ -587,7 +594,7 @@ const fn command(
 }
 
 /// The module's directives.
-pub static mut COMMANDS: [ngx_command_t; 13] = [
+pub static mut COMMANDS: [ngx_command_t; 15] = [
     command(
         ngx_string!("rcache_pass"),
         NGX_HTTP_LOC_CONF | NGX_HTTP_LIF_CONF | NGX_CONF_TAKE1,
@@ -664,6 +671,21 @@ pub static mut COMMANDS: [ngx_command_t; 13] = [
         ngx_conf_set_num_slot,
         offset_of!(LocConf, gzip_flag),
         ptr::addr_of_mut!(GZIP_FLAG_POST).cast(),
+    ),
+    ngx_command_t {
+        name: ngx_string!("rcache_front_zone"),
+        type_: (NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE1) as ngx_uint_t,
+        set: Some(front::set_zone),
+        conf: NGX_HTTP_MAIN_CONF_OFFSET,
+        offset: 0,
+        post: ptr::null_mut(),
+    },
+    command(
+        ngx_string!("rcache_front"),
+        ANY | NGX_CONF_TAKE123,
+        front::set_front,
+        offset_of!(LocConf, front),
+        ptr::null_mut(),
     ),
     ngx_command_t {
         name: ngx_string!("rcache_hash"),

@@ -10,9 +10,10 @@ use core::slice;
 use ngx::ffi::*;
 use ngx::{ngx_log_error, ngx_string};
 
+use crate::front;
 use crate::key::{self, MAX_KEY_LEN};
 use crate::upstream::{self, Failure};
-use crate::variables::{self, CacheStatus};
+use crate::variables::{self, CacheStatus, FrontStatus};
 
 /// Why a request is not answered from memcached.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -96,7 +97,17 @@ pub unsafe extern "C" fn content_handler(r: *mut ngx_http_request_t) -> ngx_int_
             return fall_back(r, Verdict::Miss);
         }
 
-        upstream::start(r, raw, escaped_len)
+        let Some(key) = upstream::prepare(r, raw, escaped_len) else {
+            return NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t;
+        };
+        if let Some(fc) = lcf.front.as_ref() {
+            if let Some(page) = front::lookup(fc.zone, key, (*r).pool) {
+                variables::set_front(r, FrontStatus::Hit);
+                return serve_hit(r, page.value, page.flags);
+            }
+            variables::set_front(r, FrontStatus::Miss);
+        }
+        upstream::start(r)
     }
 }
 

@@ -12,7 +12,8 @@
 //! * `target.rs`, `peer.rs`, `pool.rs` — hooking into an upstream's balancer,
 //!   per-request peer handling, idle connection pool;
 //! * `balancer/` — `rcache_hash`: the server a key's writer chose;
-//! * `variables.rs` — `$rcache_status`.
+//! * `front.rs` — the shared-memory front cache;
+//! * `variables.rs` — `$rcache_status`, `$rcache_front`.
 
 use core::ffi::c_void;
 use core::ptr;
@@ -21,6 +22,7 @@ use ngx::ffi::*;
 
 mod balancer;
 mod conf;
+mod front;
 mod gzip;
 mod handler;
 mod key;
@@ -71,8 +73,13 @@ unsafe extern "C" fn postconfiguration(cf: *mut ngx_conf_t) -> ngx_int_t {
     unsafe {
         let ctx = (*cf).ctx as *mut ngx_http_conf_ctx_t;
         let mcf = *(*ctx).main_conf.add(module().ctx_index) as *mut conf::MainConf;
-        (*mcf).status_index = variables::index(cf);
-        if (*mcf).status_index == NGX_ERROR as ngx_int_t {
+        let (status, front) = variables::indexes(cf);
+        if status == NGX_ERROR as ngx_int_t || front == NGX_ERROR as ngx_int_t {
+            return NGX_ERROR as ngx_int_t;
+        }
+        (*mcf).status_index = status;
+        (*mcf).front_index = front;
+        if !front::check_zones(cf) {
             return NGX_ERROR as ngx_int_t;
         }
         if !conf::check_named_fallbacks(cf, mcf) {

@@ -64,19 +64,33 @@ impl Lookup {
     }
 }
 
-/// Starts the lookup of `raw_key` (unescaped; `escaped_len` bytes once
-/// escaped, at most 250). Returns what the content handler returns.
+/// Prepares the lookup of `raw_key` (unescaped; `escaped_len` bytes once
+/// escaped, at most 250): builds `get <key>\r\n` and keeps it in the request's
+/// context. Returns the escaped key.
 ///
 /// # Safety
 /// `r` must be the request in its content phase.
-pub unsafe fn start(r: *mut ngx_http_request_t, raw_key: &[u8], escaped_len: usize) -> ngx_int_t {
+pub unsafe fn prepare<'a>(
+    r: *mut ngx_http_request_t,
+    raw_key: &[u8],
+    escaped_len: usize,
+) -> Option<&'a [u8]> {
     // SAFETY: r is a live request; everything allocated comes from its pool.
     unsafe {
-        let Some(lookup) = build_request(r, raw_key, escaped_len) else {
-            return NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t;
-        };
+        let lookup = build_request(r, raw_key, escaped_len)?;
         *(*r).ctx.add(crate::module().ctx_index) = lookup.cast();
+        Some((*lookup).key())
+    }
+}
 
+/// Asks memcached for the key [`prepare`]d. Returns what the content handler
+/// returns.
+///
+/// # Safety
+/// `r` must be the request in its content phase, after [`prepare`].
+pub unsafe fn start(r: *mut ngx_http_request_t) -> ngx_int_t {
+    // SAFETY: r is a live request; everything allocated comes from its pool.
+    unsafe {
         if ngx_http_upstream_create(r) != NGX_OK as ngx_int_t {
             return NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t;
         }
@@ -367,12 +381,29 @@ unsafe fn take_over(r: *mut ngx_http_request_t, outcome: Outcome) -> ngx_int_t {
         finish_upstream(r);
 
         let rc = match outcome {
-            Outcome::Hit(value, flags) => handler::serve_hit(r, value, flags),
+            Outcome::Hit(value, flags) => {
+                keep_in_front(r, value, flags);
+                handler::serve_hit(r, value, flags)
+            }
             Outcome::NotServed(verdict) => handler::fall_back(r, verdict),
         };
         ngx_http_finalize_request(r, rc);
     }
     NGX_ERROR as ngx_int_t
+}
+
+/// Keeps a page fetched from memcached in the location's front cache, if any.
+///
+/// # Safety
+/// `r` must be an rcache request with its lookup context.
+unsafe fn keep_in_front(r: *mut ngx_http_request_t, value: &[u8], flags: u32) {
+    // SAFETY: the location conf and lookup context belong to r.
+    unsafe {
+        let lcf = crate::loc_conf(r);
+        if let (Some(fc), Some(lookup)) = (lcf.front.as_ref(), lookup(r)) {
+            crate::front::store(fc.zone, lookup.key(), value, flags, fc.ttl, fc.max_item);
+        }
+    }
 }
 
 /// Finishes the upstream the way `ngx_http_upstream_create()` finishes a

@@ -1,0 +1,491 @@
+//! The front cache: the hottest pages in shared memory, without a memcached round trip.
+//!
+//! `rcache_front_zone NAME:SIZE` defines a zone; `rcache_front NAME ttl=TIME` in a location
+//! keeps every page fetched from memcached there for `ttl`, for all workers. A lookup finds
+//! the page under its memcached key, checks its age and copies it into the request's pool
+//! (the zone may evict it the next moment); the request is then answered exactly like a
+//! memcached HIT.
+//!
+//! Inside the zone: an rbtree of entries by key (nginx's string rbtree) and an LRU queue,
+//! all under the slab pool's mutex. When the zone is full, the least recently used entries
+//! are evicted until the new one fits; if it cannot fit at all it is simply not kept — a
+//! full zone never fails a request. nginx keeps a zone across reloads when its name and
+//! size are unchanged, so the pages in it survive a reload.
+
+use core::ffi::{c_char, c_void};
+use core::{ptr, slice};
+
+use ngx::core::{NGX_CONF_ERROR, NGX_CONF_OK};
+use ngx::ffi::*;
+use ngx::{ngx_conf_log_error, ngx_log_error};
+
+/// Smallest zone: a few slab pages besides the bookkeeping.
+const MIN_ZONE_SIZE: usize = 32 * 1024;
+
+/// The front cache of a location (`rcache_front`).
+#[repr(C)]
+pub struct FrontConf {
+    pub zone: *mut ngx_shm_zone_t,
+    pub ttl: ngx_msec_t,
+    pub max_item: usize,
+}
+
+/// Default `max_item`.
+pub const DEFAULT_MAX_ITEM: usize = 256 * 1024;
+
+/// Per-configuration data of a zone (its `shm_zone->data`).
+#[repr(C)]
+struct ZoneCtx {
+    shared: *mut Shared,
+    shpool: *mut ngx_slab_pool_t,
+    /// Set by `rcache_front_zone`; a zone only named by `rcache_front` is not.
+    defined: bool,
+}
+
+/// The zone's header, in shared memory.
+#[repr(C)]
+struct Shared {
+    tree: ngx_rbtree_t,
+    sentinel: ngx_rbtree_node_t,
+    /// Most recently used first.
+    lru: ngx_queue_t,
+}
+
+/// One page, in shared memory: this header, then the key, then the value.
+#[repr(C)]
+struct Entry {
+    /// rbtree node + the key (pointing just past this header).
+    sn: ngx_str_node_t,
+    lru: ngx_queue_t,
+    /// `ngx_current_msec` after which the entry is not served (a monotonic clock,
+    /// the same in every worker).
+    expires: ngx_msec_t,
+    flags: u32,
+    value_len: usize,
+}
+
+impl Entry {
+    /// # Safety
+    /// `e` must be a live entry.
+    unsafe fn value<'a>(e: *const Entry) -> &'a [u8] {
+        // SAFETY: the value follows the key in the same allocation.
+        unsafe {
+            let start = (*e).sn.str_.data.add((*e).sn.str_.len);
+            slice::from_raw_parts(start, (*e).value_len)
+        }
+    }
+}
+
+/// `rcache_front_zone NAME:SIZE;`
+///
+/// # Safety
+/// Called by nginx while parsing the http{} block.
+pub unsafe extern "C" fn set_zone(
+    cf: *mut ngx_conf_t,
+    _cmd: *mut ngx_command_t,
+    _conf: *mut c_void,
+) -> *mut c_char {
+    // SAFETY: per the contract above.
+    unsafe {
+        let arg = (*(*cf).args).as_slice::<ngx_str_t>()[1];
+        let text = arg.as_bytes();
+        let Some(colon) = text.iter().rposition(|&b| b == b':') else {
+            ngx_conf_log_error!(
+                NGX_LOG_EMERG,
+                cf,
+                "invalid zone \"{}\" in the \"rcache_front_zone\" directive, it must be NAME:SIZE",
+                arg
+            );
+            return NGX_CONF_ERROR;
+        };
+        let mut name = ngx_str_t {
+            len: colon,
+            data: arg.data,
+        };
+        let mut size_text = ngx_str_t {
+            len: arg.len - colon - 1,
+            data: arg.data.add(colon + 1),
+        };
+        let size = ngx_parse_size(&mut size_text);
+        if name.len == 0 || size < 0 {
+            ngx_conf_log_error!(
+                NGX_LOG_EMERG,
+                cf,
+                "invalid zone \"{}\" in the \"rcache_front_zone\" directive, it must be NAME:SIZE",
+                arg
+            );
+            return NGX_CONF_ERROR;
+        }
+        if (size as usize) < MIN_ZONE_SIZE {
+            ngx_conf_log_error!(
+                NGX_LOG_EMERG,
+                cf,
+                "zone \"{}\" of the \"rcache_front_zone\" directive is too small, it must be \
+                 at least 32k",
+                name
+            );
+            return NGX_CONF_ERROR;
+        }
+        let zone = add_zone(cf, &mut name, size as usize);
+        if zone.is_null() {
+            return NGX_CONF_ERROR;
+        }
+        let ctx = &mut *((*zone).data as *mut ZoneCtx);
+        if ctx.defined {
+            ngx_conf_log_error!(
+                NGX_LOG_EMERG,
+                cf,
+                "duplicate zone \"{}\" in the \"rcache_front_zone\" directive",
+                name
+            );
+            return NGX_CONF_ERROR;
+        }
+        ctx.defined = true;
+        NGX_CONF_OK
+    }
+}
+
+/// `rcache_front NAME ttl=TIME [max_item=SIZE] | off;`
+///
+/// # Safety
+/// Called by nginx while parsing; `conf` points at the location's `*mut FrontConf`
+/// (the command's offset).
+pub unsafe extern "C" fn set_front(
+    cf: *mut ngx_conf_t,
+    cmd: *mut ngx_command_t,
+    conf: *mut c_void,
+) -> *mut c_char {
+    // SAFETY: per the contract above.
+    unsafe {
+        let slot = (conf as *mut u8).add((*cmd).offset) as *mut *mut FrontConf;
+        if *slot != usize::MAX as *mut FrontConf {
+            return c"is duplicate".as_ptr().cast_mut();
+        }
+        let args = &(*(*cf).args).as_slice::<ngx_str_t>()[1..];
+        if args[0].as_bytes() == b"off" {
+            if args.len() > 1 {
+                return c"takes no parameters after \"off\"".as_ptr().cast_mut();
+            }
+            *slot = ptr::null_mut();
+            return NGX_CONF_OK;
+        }
+
+        let fc = ngx_pcalloc((*cf).pool, size_of::<FrontConf>()) as *mut FrontConf;
+        if fc.is_null() {
+            return NGX_CONF_ERROR;
+        }
+        (*fc).max_item = DEFAULT_MAX_ITEM;
+        let mut ttl = None;
+        for arg in &args[1..] {
+            let bytes = arg.as_bytes();
+            if let Some(v) = bytes.strip_prefix(b"ttl=") {
+                let mut s = ngx_str_t {
+                    len: v.len(),
+                    data: v.as_ptr().cast_mut(),
+                };
+                let ms = ngx_parse_time(&mut s, 0);
+                if ms == NGX_ERROR as ngx_int_t || ms <= 0 {
+                    return bad_param(cf, arg);
+                }
+                ttl = Some(ms as ngx_msec_t);
+            } else if let Some(v) = bytes.strip_prefix(b"max_item=") {
+                let mut s = ngx_str_t {
+                    len: v.len(),
+                    data: v.as_ptr().cast_mut(),
+                };
+                let size = ngx_parse_size(&mut s);
+                if size <= 0 {
+                    return bad_param(cf, arg);
+                }
+                (*fc).max_item = size as usize;
+            } else {
+                return bad_param(cf, arg);
+            }
+        }
+        let Some(ttl) = ttl else {
+            return c"needs a ttl= parameter".as_ptr().cast_mut();
+        };
+        (*fc).ttl = ttl;
+        let mut name = args[0];
+        (*fc).zone = add_zone(cf, &mut name, 0);
+        if (*fc).zone.is_null() {
+            return NGX_CONF_ERROR;
+        }
+        *slot = fc;
+        NGX_CONF_OK
+    }
+}
+
+/// # Safety
+/// `cf` must be valid during configuration.
+unsafe fn bad_param(cf: *mut ngx_conf_t, arg: &ngx_str_t) -> *mut c_char {
+    ngx_conf_log_error!(
+        NGX_LOG_EMERG,
+        cf,
+        "invalid parameter \"{}\" in the \"rcache_front\" directive",
+        arg
+    );
+    NGX_CONF_ERROR
+}
+
+/// The zone `name` (size 0: just a reference, defined elsewhere).
+///
+/// # Safety
+/// `cf` must be valid during configuration.
+unsafe fn add_zone(cf: *mut ngx_conf_t, name: &mut ngx_str_t, size: usize) -> *mut ngx_shm_zone_t {
+    // SAFETY: nginx returns the zone for name (creating it) tagged with our module.
+    unsafe {
+        let tag = ptr::from_ref(crate::module()).cast_mut().cast::<c_void>();
+        let zone = ngx_shared_memory_add(cf, name, size, tag);
+        if zone.is_null() {
+            return ptr::null_mut();
+        }
+        if (*zone).data.is_null() {
+            let ctx = ngx_pcalloc((*cf).pool, size_of::<ZoneCtx>()) as *mut ZoneCtx;
+            if ctx.is_null() {
+                return ptr::null_mut();
+            }
+            (*zone).data = ctx.cast();
+            (*zone).init = Some(init_zone);
+        }
+        zone
+    }
+}
+
+/// Postconfiguration: every zone named by `rcache_front` must be defined.
+///
+/// # Safety
+/// `cf` must be the finished configuration.
+pub unsafe fn check_zones(cf: *mut ngx_conf_t) -> bool {
+    // SAFETY: walks the cycle's shared memory list, our zones carry our tag.
+    unsafe {
+        let tag = ptr::from_ref(crate::module()).cast::<c_void>();
+        let mut part: *mut ngx_list_part_t = &mut (*(*cf).cycle).shared_memory.part;
+        while !part.is_null() {
+            let zones = slice::from_raw_parts((*part).elts as *const ngx_shm_zone_t, (*part).nelts);
+            for zone in zones {
+                if zone.tag.cast_const() == tag && !(*(zone.data as *const ZoneCtx)).defined {
+                    ngx_log_error!(
+                        NGX_LOG_EMERG,
+                        (*cf).log,
+                        "\"rcache_front\" uses zone \"{}\", which no \"rcache_front_zone\" defines",
+                        zone.shm.name
+                    );
+                    return false;
+                }
+            }
+            part = (*part).next;
+        }
+    }
+    true
+}
+
+/// Shared memory is ready: set up the zone, or take over the one a previous
+/// configuration used (reload).
+unsafe extern "C" fn init_zone(zone: *mut ngx_shm_zone_t, old: *mut c_void) -> ngx_int_t {
+    // SAFETY: nginx calls this once the zone is mapped; its memory is a slab pool.
+    unsafe {
+        let ctx = &mut *((*zone).data as *mut ZoneCtx);
+        if let Some(old) = (old as *const ZoneCtx).as_ref() {
+            ctx.shared = old.shared;
+            ctx.shpool = old.shpool;
+            return NGX_OK as ngx_int_t;
+        }
+        let shpool = (*zone).shm.addr as *mut ngx_slab_pool_t;
+        ctx.shpool = shpool;
+        if (*zone).shm.exists != 0 {
+            ctx.shared = (*shpool).data as *mut Shared;
+            return NGX_OK as ngx_int_t;
+        }
+        let shared = ngx_slab_alloc(shpool, size_of::<Shared>()) as *mut Shared;
+        if shared.is_null() {
+            return NGX_ERROR as ngx_int_t;
+        }
+        ngx_rbtree_init(
+            &mut (*shared).tree,
+            &mut (*shared).sentinel,
+            Some(ngx_str_rbtree_insert_value),
+        );
+        ngx_queue_init(&mut (*shared).lru);
+        (*shpool).data = shared.cast();
+        // Eviction makes room when the zone is full: that is not worth a log line.
+        (*shpool).set_log_nomem(0);
+        ctx.shared = shared;
+    }
+    NGX_OK as ngx_int_t
+}
+
+/// Holds the zone's mutex.
+struct Locked<'a> {
+    shpool: *mut ngx_slab_pool_t,
+    shared: &'a mut Shared,
+}
+
+impl Locked<'_> {
+    /// # Safety
+    /// `zone` must be an initialised front zone.
+    unsafe fn new(zone: *mut ngx_shm_zone_t) -> Option<Self> {
+        // SAFETY: per the contract above.
+        unsafe {
+            let ctx = &*((*zone).data as *const ZoneCtx);
+            let shared = ctx.shared.as_mut()?;
+            ngx_shmtx_lock(&mut (*ctx.shpool).mutex);
+            Some(Locked {
+                shpool: ctx.shpool,
+                shared,
+            })
+        }
+    }
+
+    fn find(&mut self, key: &[u8]) -> *mut Entry {
+        let mut name = ngx_str_t {
+            len: key.len(),
+            data: key.as_ptr().cast_mut(),
+        };
+        // SAFETY: the tree holds ngx_str_node_t first fields of entries.
+        unsafe { ngx_str_rbtree_lookup(&mut self.shared.tree, &mut name, hash(key)) as *mut Entry }
+    }
+
+    /// # Safety
+    /// `e` must be a live entry of this zone.
+    unsafe fn remove(&mut self, e: *mut Entry) {
+        // SAFETY: per the contract above; the entry is one slab allocation.
+        unsafe {
+            ngx_rbtree_delete(&mut self.shared.tree, &mut (*e).sn.node);
+            ngx_queue_remove(&mut (*e).lru);
+            ngx_slab_free_locked(self.shpool, e.cast());
+        }
+    }
+
+    /// Evicts the least recently used entry; false if there is none.
+    fn evict_oldest(&mut self) -> bool {
+        // SAFETY: the queue links entries through their `lru` field.
+        unsafe {
+            let head = &mut self.shared.lru as *mut ngx_queue_t;
+            let last = (*head).prev;
+            if last == head {
+                return false;
+            }
+            let e = (last as *mut u8).sub(core::mem::offset_of!(Entry, lru)) as *mut Entry;
+            self.remove(e);
+        }
+        true
+    }
+}
+
+impl Drop for Locked<'_> {
+    fn drop(&mut self) {
+        // SAFETY: locked in new().
+        unsafe { ngx_shmtx_unlock(&mut (*self.shpool).mutex) }
+    }
+}
+
+/// A page found in the front cache, copied into the request's pool.
+pub struct Found<'a> {
+    pub value: &'a [u8],
+    pub flags: u32,
+}
+
+/// Looks `key` up; an entry older than its ttl is dropped and not returned.
+///
+/// # Safety
+/// `zone` must be a front zone; `pool` a live request pool.
+pub unsafe fn lookup<'a>(
+    zone: *mut ngx_shm_zone_t,
+    key: &[u8],
+    pool: *mut ngx_pool_t,
+) -> Option<Found<'a>> {
+    // SAFETY: entries are read and copied under the zone's mutex.
+    unsafe {
+        let mut z = Locked::new(zone)?;
+        let e = z.find(key);
+        if e.is_null() {
+            return None;
+        }
+        if (ngx_current_msec.wrapping_sub((*e).expires) as isize) >= 0 {
+            z.remove(e);
+            return None;
+        }
+        ngx_queue_remove(&mut (*e).lru);
+        ngx_queue_insert_after(&mut z.shared.lru, &mut (*e).lru);
+        let value = Entry::value(e);
+        let copy = ngx_pnalloc(pool, value.len().max(1)) as *mut u8;
+        if copy.is_null() {
+            return None;
+        }
+        ptr::copy_nonoverlapping(value.as_ptr(), copy, value.len());
+        Some(Found {
+            value: slice::from_raw_parts(copy, value.len()),
+            flags: (*e).flags,
+        })
+    }
+}
+
+/// Keeps `value` (fetched from memcached now) under `key` for `ttl`, replacing what was
+/// there. Values over `max_item`, or too large for the zone, are not kept.
+///
+/// # Safety
+/// `zone` must be a front zone.
+pub unsafe fn store(
+    zone: *mut ngx_shm_zone_t,
+    key: &[u8],
+    value: &[u8],
+    flags: u32,
+    ttl: ngx_msec_t,
+    max_item: usize,
+) {
+    if value.len() > max_item {
+        return;
+    }
+    // SAFETY: entries are created and linked under the zone's mutex.
+    unsafe {
+        let Some(mut z) = Locked::new(zone) else {
+            return;
+        };
+        let old = z.find(key);
+        if !old.is_null() {
+            z.remove(old);
+        }
+        let size = size_of::<Entry>() + key.len() + value.len();
+        let mut e = ngx_slab_alloc_locked(z.shpool, size) as *mut Entry;
+        while e.is_null() {
+            if !z.evict_oldest() {
+                return;
+            }
+            e = ngx_slab_alloc_locked(z.shpool, size) as *mut Entry;
+        }
+        let data = (e as *mut u8).add(size_of::<Entry>());
+        ptr::copy_nonoverlapping(key.as_ptr(), data, key.len());
+        ptr::copy_nonoverlapping(value.as_ptr(), data.add(key.len()), value.len());
+        ptr::write_bytes(e, 0, 1);
+        (*e).sn.node.key = hash(key) as ngx_rbtree_key_t;
+        (*e).sn.str_ = ngx_str_t {
+            len: key.len(),
+            data,
+        };
+        (*e).expires = ngx_current_msec.wrapping_add(ttl);
+        (*e).flags = flags;
+        (*e).value_len = value.len();
+        ngx_rbtree_insert(&mut z.shared.tree, &mut (*e).sn.node);
+        ngx_queue_insert_after(&mut z.shared.lru, &mut (*e).lru);
+    }
+}
+
+/// The rbtree key of a page key (FNV-1a).
+fn hash(key: &[u8]) -> u32 {
+    key.iter().fold(0x811c_9dc5u32, |h, &b| {
+        (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fnv1a_reference_values() {
+        assert_eq!(hash(b""), 0x811c_9dc5);
+        assert_eq!(hash(b"a"), 0xe40c_292c);
+        assert_eq!(hash(b"foobar"), 0xbf9c_f968);
+    }
+}
