@@ -8,13 +8,6 @@ mod common;
 use common::http::{self, KeepAliveClient};
 use common::*;
 
-fn gzip(data: &[u8]) -> Vec<u8> {
-    use std::io::Write;
-    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
-    e.write_all(data).unwrap();
-    e.finish().unwrap()
-}
-
 /// memcached, the echo app, and nginx with `location` (rcache) plus the app's locations:
 /// `/dynamic/` (internal, proxied, the URI form of the fallback) and `@app` (named).
 /// Both fallback locations add `X-Rcache-Status: $rcache_status`.

@@ -8,13 +8,6 @@ use std::time::Duration;
 use common::http::{self, KeepAliveClient};
 use common::*;
 
-fn gzip(data: &[u8]) -> Vec<u8> {
-    use std::io::Write;
-    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
-    e.write_all(data).unwrap();
-    e.finish().unwrap()
-}
-
 struct Site {
     mc: Memcached,
     _app: App,
