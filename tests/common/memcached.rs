@@ -245,6 +245,44 @@ impl Memcached {
             .unwrap_or_else(|e| panic!("memcache get {key:?}: {e}"))
     }
 
+    /// Looks up every key of `keys` (raw bytes, as the writer sent them: UTF-8 for a `str`
+    /// key) with pipelined `get`s over one new connection; returns each key's value and
+    /// flags, or None. For finding where a client put its keys; counts as one connection
+    /// in [`Memcached::total_connections`].
+    pub fn get_multi(&self, keys: &[&[u8]]) -> Vec<Option<(Vec<u8>, u32)>> {
+        const BATCH: usize = 200;
+        let what = format!("get_multi on {}", self.addr());
+        let s = TcpStream::connect(self.socket_addr())
+            .unwrap_or_else(|e| panic!("{what}: connect: {e}"));
+        s.set_read_timeout(Some(STATS_TIMEOUT))
+            .expect("set_read_timeout");
+        let mut conn = BufReader::new(s);
+        let mut out = Vec::with_capacity(keys.len());
+        for batch in keys.chunks(BATCH) {
+            let mut cmds = Vec::new();
+            for key in batch {
+                assert!(
+                    !key.is_empty()
+                        && key.len() <= 250
+                        && key.iter().all(|&b| b > 0x20 && b != 0x7f),
+                    "get_multi: {key:?} is not a valid memcached ASCII key"
+                );
+                cmds.extend_from_slice(b"get ");
+                cmds.extend_from_slice(key);
+                cmds.extend_from_slice(b"\r\n");
+            }
+            conn.get_mut()
+                .write_all(&cmds)
+                .unwrap_or_else(|e| panic!("{what}: write: {e}"));
+            for key in batch {
+                out.push(read_get_reply(&mut conn, key).unwrap_or_else(|e| {
+                    panic!("{what}: reply for {:?}: {e}", String::from_utf8_lossy(key))
+                }));
+            }
+        }
+        out
+    }
+
     /// `stats` as a map (over the fixture's persistent connection; reconnects once if it
     /// broke, e.g. after a restart). Panics if memcached does not answer (paused?).
     pub fn stats(&self) -> HashMap<String, String> {
@@ -378,6 +416,52 @@ impl Memcached {
             }
         }
     }
+}
+
+/// Reads the reply to `get <key>`: `END`, or one `VALUE` block for `key` and `END`.
+fn read_get_reply(
+    conn: &mut BufReader<TcpStream>,
+    key: &[u8],
+) -> io::Result<Option<(Vec<u8>, u32)>> {
+    let bad = |msg: String| io::Error::new(io::ErrorKind::InvalidData, msg);
+    let mut line = Vec::new();
+    conn.read_until(b'\n', &mut line)?;
+    if line == b"END\r\n" {
+        return Ok(None);
+    }
+    let text = String::from_utf8_lossy(&line).into_owned();
+    let mut head = b"VALUE ".to_vec();
+    head.extend_from_slice(key);
+    head.push(b' ');
+    let rest = line
+        .strip_prefix(head.as_slice())
+        .and_then(|r| r.strip_suffix(b"\r\n"))
+        .ok_or_else(|| bad(format!("unexpected line {text:?}")))?;
+    let rest = String::from_utf8_lossy(rest);
+    let mut words = rest.split(' ');
+    let flags: u32 = words
+        .next()
+        .and_then(|w| w.parse().ok())
+        .ok_or_else(|| bad(format!("bad flags in {text:?}")))?;
+    let len: usize = words
+        .next()
+        .and_then(|w| w.parse().ok())
+        .ok_or_else(|| bad(format!("bad length in {text:?}")))?;
+    let mut data = vec![0; len + 2];
+    conn.read_exact(&mut data)?;
+    if !data.ends_with(b"\r\n") {
+        return Err(bad(format!("value of {text:?} not followed by CRLF")));
+    }
+    data.truncate(len);
+    let mut end = Vec::new();
+    conn.read_until(b'\n', &mut end)?;
+    if end != b"END\r\n" {
+        return Err(bad(format!(
+            "no END after {text:?}: {:?}",
+            String::from_utf8_lossy(&end)
+        )));
+    }
+    Ok(Some((data, flags)))
 }
 
 /// Sends `stats` and reads `STAT name value` lines up to `END`.
