@@ -86,13 +86,21 @@ fn url_of(key: &str) -> String {
 struct Cluster {
     mcs: Vec<Memcached>,
     app: App,
+    /// Server weights for `ketama weighted`.
+    weights: [u32; 3],
 }
 
 impl Cluster {
     fn start() -> Cluster {
+        Cluster::of((0..3).map(|_| Memcached::start()).collect())
+    }
+
+    fn of(mcs: Vec<Memcached>) -> Cluster {
+        assert_eq!(mcs.len(), 3);
         Cluster {
-            mcs: (0..3).map(|_| Memcached::start()).collect(),
+            mcs,
             app: App::start(),
+            weights: WEIGHTS,
         }
     }
 
@@ -106,7 +114,7 @@ impl Cluster {
         (0..self.mcs.len())
             .map(|i| {
                 if writer.weighted() {
-                    format!("{}:{}", self.addr(i), WEIGHTS[i])
+                    format!("{}:{}", self.addr(i), self.weights[i])
                 } else {
                     self.addr(i)
                 }
@@ -114,10 +122,24 @@ impl Cluster {
             .collect()
     }
 
+    /// `weight=N` for the weighted algorithm, nothing otherwise.
+    fn weight_param(&self, writer: Writer, i: usize) -> String {
+        if writer.weighted() {
+            format!("weight={}", self.weights[i])
+        } else {
+            String::new()
+        }
+    }
+
     /// Writes `keys` through `writer`'s real client.
     fn write(&self, writer: Writer, keys: &[Key]) -> WriteReport {
+        self.write_with(writer, &self.client_servers(writer), keys)
+    }
+
+    /// Writes `keys` through `writer`'s real client configured with `servers`.
+    fn write_with(&self, writer: Writer, servers: &[String], keys: &[Key]) -> WriteReport {
         let names: Vec<String> = keys.iter().map(|k| k.key.clone()).collect();
-        write_keys(writer, &self.client_servers(writer), &names)
+        write_keys(writer, servers, &names)
     }
 
     /// Where the client put each key: the index of the one server that holds it. Panics
@@ -172,6 +194,26 @@ impl Cluster {
             .http(upstream)
             .http(&server_block(location_extra))
     }
+
+    fn cmd_gets(&self) -> Vec<u64> {
+        self.mcs.iter().map(Memcached::cmd_get).collect()
+    }
+
+    fn total_connections(&self) -> Vec<u64> {
+        self.mcs.iter().map(Memcached::total_connections).collect()
+    }
+
+    fn curr_items(&self) -> Vec<u64> {
+        self.mcs
+            .iter()
+            .map(|mc| mc.stats()["curr_items"].parse().expect("curr_items"))
+            .collect()
+    }
+}
+
+/// `after - before`, element by element.
+fn deltas(after: &[u64], before: &[u64]) -> Vec<u64> {
+    after.iter().zip(before).map(|(a, b)| a - b).collect()
 }
 
 fn server_block(location_extra: &str) -> String {
@@ -183,15 +225,6 @@ fn server_block(location_extra: &str) -> String {
             location @app {{ proxy_pass http://127.0.0.1:{{app}}; }}
         }}"
     )
-}
-
-/// `weight=N` for the weighted algorithm, nothing otherwise.
-fn weight_param(writer: Writer, i: usize) -> String {
-    if writer.weighted() {
-        format!("weight={}", WEIGHTS[i])
-    } else {
-        String::new()
-    }
 }
 
 /// The keys whose home is (or is not) `server`.
@@ -414,62 +447,87 @@ fn assert_no_serious_log_lines(nginx: &Nginx) {
 /// Writes 10 002 keys with `writer`'s real client to 3 memcached instances and requests
 /// every one through rcache with the matching `rcache_hash`: 100% HIT, byte-exact.
 fn proof(writer: Writer, tag: &str, hash_after_servers: bool) {
-    const N: usize = 10_002;
-    const CLIENTS: usize = 8;
-    const WORKERS: u64 = 2;
     let started = Instant::now();
     let c = Cluster::start();
-    let keys = keys(tag, N);
-    let report = c.write(writer, &keys);
-    assert_eq!((report.str_values, report.bytes_values), (N / 2, N / 2));
-    let home = c.placement(&keys);
-    let mut per_server = [0usize; 3];
+    let keys = keys(tag, 10_002);
+    let line = proof_on(
+        &c,
+        writer,
+        &keys,
+        &c.client_servers(writer),
+        hash_after_servers,
+    );
+    println!("{line}; whole test {:?}", started.elapsed());
+}
+
+/// Writes `keys` through `writer` configured with `client_servers` (the cluster's servers,
+/// as the application names them), then asks nginx — `rcache_hash` for `writer`, the
+/// servers as `127.0.0.1:port` with weights — for every key over 8 keep-alive clients.
+/// Asserts: every key is on one server (each server has at least 5% of them), every
+/// request is a byte-exact HIT, each server was asked exactly for its own keys (memcached's
+/// `cmd_get`), and over pooled connections. Returns a summary with timings.
+fn proof_on(
+    c: &Cluster,
+    writer: Writer,
+    keys: &[Key],
+    client_servers: &[String],
+    hash_after_servers: bool,
+) -> String {
+    const CLIENTS: usize = 8;
+    const WORKERS: u64 = 2;
+    let n = keys.len();
+    let items_before = c.curr_items();
+    let report = c.write_with(writer, client_servers, keys);
+    assert_eq!(
+        (report.str_values, report.bytes_values),
+        (n.div_ceil(2), n / 2)
+    );
+    let home = c.placement(keys);
+    let mut per_server = vec![0u64; 3];
     for &h in &home {
         per_server[h] += 1;
     }
-    for (i, mc) in c.mcs.iter().enumerate() {
-        let items: usize = mc.stats()["curr_items"].parse().expect("curr_items");
-        assert_eq!(items, per_server[i], "curr_items of server {i}");
+    assert_eq!(
+        deltas(&c.curr_items(), &items_before),
+        per_server,
+        "new items per server"
+    );
+    for (i, &count) in per_server.iter().enumerate() {
         assert!(
-            per_server[i] >= N / 20,
-            "{writer:?} put only {} of {N} keys on server {i} ({per_server:?}): the test \
-             needs keys on every server",
-            per_server[i]
+            count >= (n / 20) as u64,
+            "{writer:?} put only {count} of {n} keys on server {i} ({per_server:?}): the test \
+             needs keys on every server"
         );
     }
 
     let hash_line = format!("rcache_hash {};", writer.rcache_hash());
     let mut upstream = c.upstream(if hash_after_servers { "" } else { &hash_line }, |i| {
-        weight_param(writer, i)
+        c.weight_param(writer, i)
     });
     if hash_after_servers {
         upstream = upstream.replace("\n}\n", &format!("\n    {hash_line}\n}}\n"));
     }
     let nginx = c.nginx(&upstream, WORKERS as usize, "").start();
-    let conns: Vec<u64> = c.mcs.iter().map(|mc| mc.total_connections()).collect();
-    let fetched = fetch_all(nginx.port(), &keys, CLIENTS);
-    let new_conns: Vec<u64> = c
-        .mcs
-        .iter()
-        .zip(&conns)
-        .map(|(mc, before)| mc.total_connections() - before)
-        .collect();
-    println!(
-        "{writer:?} / rcache_hash {}: wrote {N} keys in {:.2}s ({:.2}s in Python), spread \
-         {per_server:?}; {N} requests over {CLIENTS} keep-alive clients in {:?} ({:.0} req/s); \
-         memcached connections opened {new_conns:?}; whole test {:?}",
+    let app_before = c.app.requests();
+    let (conns, gets) = (c.total_connections(), c.cmd_gets());
+    let fetched = fetch_all(nginx.port(), keys, CLIENTS);
+    let new_conns = deltas(&c.total_connections(), &conns);
+    let new_gets = deltas(&c.cmd_gets(), &gets);
+    let line = format!(
+        "{writer:?} {client_servers:?} / rcache_hash {}: wrote {n} keys in {:.2}s ({:.2}s in \
+         Python), spread {per_server:?}; {n} requests over {CLIENTS} keep-alive clients in \
+         {:?} ({:.0} req/s); memcached connections opened {new_conns:?}",
         writer.rcache_hash(),
         report.wall_seconds,
         report.seconds,
         fetched.elapsed,
-        N as f64 / fetched.elapsed.as_secs_f64(),
-        started.elapsed()
+        n as f64 / fetched.elapsed.as_secs_f64(),
     );
-    if fetched.count(&Got::Hit) != N {
+    if fetched.count(&Got::Hit) != n {
         let wrong: Vec<String> = fetched
             .got
             .iter()
-            .zip(&keys)
+            .zip(keys)
             .zip(&home)
             .filter(|((g, _), _)| **g != Got::Hit)
             .take(10)
@@ -481,6 +539,10 @@ fn proof(writer: Writer, tag: &str, hash_after_servers: bool) {
             fetched.summary()
         );
     }
+    assert_eq!(
+        new_gets, per_server,
+        "each key is looked up on its home server only, once"
+    );
     for (i, n) in new_conns.iter().enumerate() {
         assert!(
             *n >= 1 && *n <= WORKERS * DEFAULT_KEEPALIVE,
@@ -489,10 +551,15 @@ fn proof(writer: Writer, tag: &str, hash_after_servers: bool) {
             WORKERS * DEFAULT_KEEPALIVE
         );
     }
-    assert_eq!(c.app.requests(), 0, "no request reached the fallback");
-    let entries = nginx.wait_access_entries(N, SECOND * 10);
+    assert_eq!(
+        c.app.requests(),
+        app_before,
+        "no request reached the fallback"
+    );
+    let entries = nginx.wait_access_entries(n, SECOND * 10);
     assert!(entries.iter().all(|e| e.rcache == "HIT" && e.status == 200));
     assert_no_serious_log_lines(&nginx);
+    line
 }
 
 #[test]
@@ -513,6 +580,101 @@ fn proof_ketama_weighted_matches_pylibmc_ketama_weighted() {
 #[test]
 fn proof_modula_matches_pylibmc_default_with_rcache_hash_after_the_servers() {
     proof(Writer::PylibmcModula, "md", true);
+}
+
+#[test]
+fn proof_ketama_weighted_with_other_weights() {
+    // Equal weights, and weights whose shares are not round numbers (libmemcached's float
+    // arithmetic decides each server's point count).
+    for (weights, tag) in [([1, 1, 1], "kw111"), ([10, 3, 7], "kw1037")] {
+        let mut c = Cluster::start();
+        c.weights = weights;
+        let keys = keys(tag, 3000);
+        let servers = c.client_servers(Writer::PylibmcKetamaWeighted);
+        println!(
+            "{}",
+            proof_on(&c, Writer::PylibmcKetamaWeighted, &keys, &servers, false)
+        );
+    }
+}
+
+/// Three memcached instances on memcached's default port 11211, each on its own loopback
+/// address (127.0.42.x).
+fn cluster_on_port_11211() -> Cluster {
+    let mut mcs = Vec::new();
+    for last in 1..=254u8 {
+        if let Some(mc) = Memcached::start_at(std::net::Ipv4Addr::new(127, 0, 42, last), 11211) {
+            mcs.push(mc);
+            if mcs.len() == 3 {
+                return Cluster::of(mcs);
+            }
+        }
+    }
+    panic!("no 3 free addresses 127.0.42.x:11211 for memcached");
+}
+
+#[test]
+fn proof_on_the_default_port_11211_with_servers_named_without_port() {
+    // On port 11211 libmemcached names ketama points "host-N", not "host:port-N": the
+    // usual production setup. The clients are given the servers as applications often
+    // write them, without the port; nginx needs it (`server 127.0.42.x:11211`).
+    let c = cluster_on_port_11211();
+    for (writer, tag) in [
+        (Writer::Pymemcache, "d-rv"),
+        (Writer::PylibmcKetama, "d-kt"),
+        (Writer::PylibmcKetamaWeighted, "d-kw"),
+        (Writer::PylibmcModula, "d-md"),
+    ] {
+        let servers: Vec<String> = (0..3)
+            .map(|i| {
+                let host = c
+                    .addr(i)
+                    .strip_suffix(":11211")
+                    .expect("port 11211")
+                    .to_string();
+                if writer.weighted() {
+                    // pylibmc needs the port to give a weight.
+                    format!("{host}:11211:{}", c.weights[i])
+                } else {
+                    host
+                }
+            })
+            .collect();
+        println!(
+            "{}",
+            proof_on(&c, writer, &keys(tag, 2000), &servers, false)
+        );
+    }
+}
+
+#[test]
+fn proof_with_a_key_prefix_django_style() {
+    // Django writes "<KEY_PREFIX>:<VERSION>:<key>" (":1:/page" by default); nginx hashes
+    // the whole key it sends: `rcache_key :1:$uri;`.
+    let c = Cluster::start();
+    let keys: Vec<Key> = keys("dj", 2000)
+        .into_iter()
+        .map(|k| Key {
+            key: format!(":1:{}", k.key),
+            url: k.url,
+        })
+        .collect();
+    c.write(Writer::Pymemcache, &keys);
+    let home = c.placement(&keys);
+    let upstream = c.upstream("rcache_hash rendezvous;", |_| String::new());
+    let nginx = c.nginx(&upstream, 1, "rcache_key :1:$uri;").start();
+    let gets = c.cmd_gets();
+    let f = fetch_all(nginx.port(), &keys, 8);
+    assert_all_hit("rcache_key :1:$uri", &f);
+    let mut per_server = vec![0u64; 3];
+    for &h in &home {
+        per_server[h] += 1;
+    }
+    assert_eq!(deltas(&c.cmd_gets(), &gets), per_server);
+    // Without the prefix, the keys are not found.
+    let plain = c.nginx(&upstream, 1, "").start();
+    let f = fetch_all(plain.port(), &keys, 8);
+    assert_eq!(f.count(&Got::Miss), keys.len(), "{}", f.summary());
 }
 
 // ---------------------------------------------------------------------------------------
@@ -936,7 +1098,7 @@ fn a_server_marked_down_is_never_asked() {
     let nginx = c
         .nginx(
             &c.upstream("rcache_hash ketama weighted;", |i| {
-                let w = weight_param(Writer::PylibmcKetamaWeighted, i);
+                let w = c.weight_param(Writer::PylibmcKetamaWeighted, i);
                 if i == DOWN {
                     format!("{w} down")
                 } else {

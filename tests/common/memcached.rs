@@ -12,7 +12,7 @@
 
 use std::collections::HashMap;
 use std::io::{self, BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::path::PathBuf;
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -54,6 +54,7 @@ enum StartError {
 }
 
 pub struct Memcached {
+    host: Ipv4Addr,
     proc: Option<Proc>,
     port: u16,
     extra_args: Vec<String>,
@@ -79,6 +80,7 @@ impl Memcached {
         let dir = TempDir::new("memcached");
         let log = dir.path().join("memcached.log");
         let mut mc = Memcached {
+            host: Ipv4Addr::LOCALHOST,
             proc: None,
             port: 0,
             extra_args: extra.iter().map(|s| s.to_string()).collect(),
@@ -100,12 +102,33 @@ impl Memcached {
         );
     }
 
+    /// Starts memcached listening on `host`:`port` exactly (e.g. another loopback address
+    /// on memcached's default port 11211), or None if that address is in use.
+    pub fn start_at(host: Ipv4Addr, port: u16) -> Option<Memcached> {
+        let dir = TempDir::new("memcached");
+        let log = dir.path().join("memcached.log");
+        let mut mc = Memcached {
+            host,
+            proc: None,
+            port: 0,
+            extra_args: Vec::new(),
+            log,
+            stats_conn: Mutex::new(None),
+            paused: AtomicBool::new(false),
+            dir,
+        };
+        match mc.spawn_on(port) {
+            Ok(()) => Some(mc),
+            Err(StartError::AddrInUse) => None,
+        }
+    }
+
     fn spawn_on(&mut self, port: u16) -> Result<(), StartError> {
         let log_offset = file_len(&self.log);
         let mut cmd = Command::new(memcached_binary());
         cmd.args([
             "-l",
-            "127.0.0.1",
+            &self.host.to_string(),
             "-p",
             &port.to_string(),
             "-U",
@@ -133,7 +156,7 @@ impl Memcached {
                 );
             }
             // Ready when the process on this port is ours: memcached reports its pid.
-            if let Ok(conn) = TcpStream::connect(("127.0.0.1", port)) {
+            if let Ok(conn) = TcpStream::connect((self.host, port)) {
                 let _ = conn.set_read_timeout(Some(STATS_TIMEOUT));
                 let _ = conn.set_write_timeout(Some(STATS_TIMEOUT));
                 let mut conn = BufReader::new(conn);
@@ -165,13 +188,13 @@ impl Memcached {
         self.port
     }
 
-    /// "127.0.0.1:<port>", as written in nginx configs.
+    /// "127.0.0.1:<port>" (the host it listens on), as written in nginx configs.
     pub fn addr(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
+        format!("{}:{}", self.host, self.port)
     }
 
     pub fn socket_addr(&self) -> SocketAddr {
-        SocketAddr::from(([127, 0, 0, 1], self.port))
+        SocketAddr::from((self.host, self.port))
     }
 
     /// PID of the running memcached (panics if stopped).
@@ -183,8 +206,8 @@ impl Memcached {
     /// timeout). Each call opens its own pool of one connection.
     pub fn client(&self) -> memcache::Client {
         let url = format!(
-            "memcache://127.0.0.1:{}?protocol=ascii&timeout=5",
-            self.port
+            "memcache://{}:{}?protocol=ascii&timeout=5",
+            self.host, self.port
         );
         memcache::Client::connect(url.as_str())
             .unwrap_or_else(|e| panic!("memcache client for {url}: {e}"))
