@@ -1057,7 +1057,11 @@ fn a_single_server_upstream_is_never_marked_down() {
         key: "/single/page".into(),
         url: "/single/page".into(),
     };
-    write_keys(Writer::Pymemcache, &[mc.addr()], &[key.key.clone()]);
+    write_keys(
+        Writer::Pymemcache,
+        &[mc.addr()],
+        std::slice::from_ref(&key.key),
+    );
     let app = App::start();
     let nginx = Nginx::builder()
         .var("app", app.port())
@@ -1078,7 +1082,11 @@ fn a_single_server_upstream_is_never_marked_down() {
     assert!(down_lines(&log, &mc.addr()).is_empty(), "{log}");
     assert!(skip_lines(&log).is_empty(), "{log}");
     mc.restart();
-    write_keys(Writer::Pymemcache, &[mc.addr()], &[key.key.clone()]);
+    write_keys(
+        Writer::Pymemcache,
+        &[mc.addr()],
+        std::slice::from_ref(&key.key),
+    );
     assert_eq!(
         get(nginx.port(), &key),
         Got::Hit,
@@ -1684,4 +1692,469 @@ fn memcached_pass_to_an_rcache_hash_upstream_is_round_robin() {
     // rcache lookups through the same upstream still go to each key's home.
     assert_all_hit("rcache keys", &fetch_all(nginx.port(), &keys, 4));
     assert_no_serious_log_lines(&nginx);
+}
+
+// ---------------------------------------------------------------------------------------
+// More failure modes: connects that hang, shared state (`zone`), `max_conns`
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn server_not_accepting_connects_costs_one_connect_timeout() {
+    const CONNECT_TIMEOUT: Duration = Duration::from_millis(200);
+    const HUNG: usize = 2;
+    const LATER: usize = 20;
+    let mut c = Cluster::start();
+    let keys = keys("hang", 300);
+    c.write(Writer::Pymemcache, &keys);
+    let home = c.placement(&keys);
+    let (hung_keys, live_keys) = split_by_home(&keys, &home, HUNG);
+    let nginx = c
+        .nginx(
+            &c.upstream("rcache_hash rendezvous;", |_| "fail_timeout=30s".into()),
+            1,
+            "rcache_connect_timeout 200ms;",
+        )
+        .start();
+    assert_all_hit("warm-up", &fetch_all(nginx.port(), &keys, 4));
+    let addr = c.addr(HUNG);
+    let port = c.mcs[HUNG].port();
+    c.mcs[HUNG].stop();
+    // Its address now takes no connections: SYNs go unanswered.
+    let _hole = Blackhole::start_on(port).expect("blackhole on the stopped memcached's port");
+    let offset = nginx.error_log_len();
+
+    let first = get_timed(nginx.port(), &hung_keys[0]);
+    let later: Vec<(Got, Duration)> = (1..=LATER)
+        .map(|n| get_timed(nginx.port(), &hung_keys[n % hung_keys.len()]))
+        .collect();
+    println!(
+        "connect timeout: first {:?}, then at most {:?}",
+        first.1,
+        later.iter().map(|(_, t)| *t).max().unwrap_or_default()
+    );
+    assert_eq!(first.0, Got::Error);
+    assert!(
+        first.1 >= CONNECT_TIMEOUT - Duration::from_millis(20)
+            && first.1 < CONNECT_TIMEOUT + SECOND,
+        "first request took {:?}; rcache_connect_timeout is {CONNECT_TIMEOUT:?}",
+        first.1
+    );
+    for (n, (g, t)) in later.iter().enumerate() {
+        assert_eq!(g, &Got::Error, "request {}", n + 1);
+        assert!(
+            *t < CONNECT_TIMEOUT / 2,
+            "request {} took {t:?}: it tried the server again",
+            n + 1
+        );
+    }
+    assert_all_hit(
+        "the other servers' keys",
+        &fetch_all(nginx.port(), &live_keys, 4),
+    );
+    let log = nginx.error_log_since(offset);
+    let timeouts = lines_with(&log, &["upstream timed out", &addr]);
+    assert_eq!(timeouts.len(), 1, "{log}");
+    assert!(
+        timeouts[0].contains("while connecting to upstream"),
+        "{log}"
+    );
+    assert_eq!(down_lines(&log, &addr).len(), 1, "{log}");
+    assert_eq!(skip_lines(&log).len(), LATER, "{log}");
+    assert_no_serious_log_lines(&nginx);
+}
+
+/// Keep-alive clients, one per nginx worker (`X-Worker: $pid`), by worker PID.
+fn client_per_worker(port: u16, workers: usize, probe: &Key) -> BTreeMap<u32, KeepAliveClient> {
+    let mut pinned = BTreeMap::new();
+    for _ in 0..200 {
+        let mut client = KeepAliveClient::connect(port).expect("connect");
+        let r = client.get(&probe.url).expect("probe request");
+        assert_eq!(classify(&r, probe), Got::Hit);
+        let pid: u32 = r
+            .header("x-worker")
+            .and_then(|p| p.parse().ok())
+            .expect("X-Worker header");
+        pinned.entry(pid).or_insert(client);
+        if pinned.len() == workers {
+            return pinned;
+        }
+    }
+    panic!(
+        "200 connections did not reach all {workers} workers: {:?}",
+        pinned.keys()
+    );
+}
+
+/// Two workers, a killed server: with `zone`, the workers share its state (one connect,
+/// one "go to the fallback" and one "answers again" line in all); without, each worker
+/// finds out for itself (one of each per worker).
+fn down_state_across_workers(zone: bool) {
+    const DEAD: usize = 1;
+    const SKIPS: usize = 10;
+    let tag = if zone { "zone" } else { "nozone" };
+    let mut c = Cluster::start();
+    let keys = keys(tag, 300);
+    c.write(Writer::Pymemcache, &keys);
+    let home = c.placement(&keys);
+    let (dead_keys, live_keys) = split_by_home(&keys, &home, DEAD);
+    let mut upstream = c.upstream("rcache_hash rendezvous;", |_| "fail_timeout=1s".into());
+    if zone {
+        upstream = upstream.replace("upstream mc {\n", "upstream mc {\n    zone mc 64k;\n");
+    }
+    let nginx = Nginx::builder()
+        .workers(2)
+        .var("app", c.app.port())
+        .http(&upstream)
+        .http(
+            "server {
+                listen 127.0.0.1:{port} reuseport;
+                add_header X-Rcache-Status $rcache_status always;
+                add_header X-Worker $pid always;
+                location / { rcache_pass mc; rcache_fallback @app; }
+                location @app { proxy_pass http://127.0.0.1:{app}; }
+            }",
+        )
+        .start();
+    assert_all_hit("warm-up", &fetch_all(nginx.port(), &keys, 8));
+    let mut pinned = client_per_worker(nginx.port(), 2, &live_keys[0]);
+    let pids: Vec<u32> = pinned.keys().copied().collect();
+    let (w1, w2) = (pids[0], pids[1]);
+    let mut ask = |pid: u32, key: &Key| -> Got {
+        let client = pinned.get_mut(&pid).expect("pinned client");
+        let r = client.get(&key.url).expect("request");
+        assert_eq!(r.header("x-worker"), Some(pid.to_string().as_str()));
+        classify(&r, key)
+    };
+
+    let addr = c.addr(DEAD);
+    c.mcs[DEAD].stop();
+    let offset = nginx.error_log_len();
+    let failed_at = Instant::now();
+    assert_eq!(ask(w1, &dead_keys[0]), Got::Error, "worker 1 finds it dead");
+    for n in 0..SKIPS {
+        assert_eq!(
+            ask(w2, &dead_keys[n % dead_keys.len()]),
+            Got::Error,
+            "worker 2"
+        );
+        assert_eq!(
+            ask(w1, &dead_keys[n % dead_keys.len()]),
+            Got::Error,
+            "worker 1"
+        );
+        assert_eq!(ask(w2, &live_keys[n]), Got::Hit, "worker 2, a live key");
+    }
+    assert!(
+        failed_at.elapsed() < Duration::from_millis(900),
+        "too slow to stay within fail_timeout (1s): {:?}",
+        failed_at.elapsed()
+    );
+    let log = nginx.error_log_since(offset);
+    let connects = per_worker(&connect_failures(&log, &addr));
+    let downs = per_worker(&down_lines(&log, &addr));
+    let skips = per_worker(&skip_lines(&log));
+    println!("{tag}: connects {connects:?}, down lines {downs:?}, skips {skips:?}");
+    if zone {
+        assert_eq!(connects, BTreeMap::from([(w1, 1)]), "{log}");
+        assert_eq!(downs, BTreeMap::from([(w1, 1)]), "{log}");
+        assert_eq!(skips, BTreeMap::from([(w1, SKIPS), (w2, SKIPS)]), "{log}");
+    } else {
+        assert_eq!(connects, BTreeMap::from([(w1, 1), (w2, 1)]), "{log}");
+        assert_eq!(downs, BTreeMap::from([(w1, 1), (w2, 1)]), "{log}");
+        assert_eq!(
+            skips,
+            BTreeMap::from([(w1, SKIPS), (w2, SKIPS - 1)]),
+            "{log}"
+        );
+    }
+
+    // Back: worker 2 polls until HIT, then worker 1 HITs at once.
+    c.mcs[DEAD].restart();
+    c.write(Writer::Pymemcache, &dead_keys);
+    let back = wait_until(SECOND * 5, || ask(w2, &dead_keys[0]) == Got::Hit);
+    assert!(
+        back,
+        "not HIT again via worker 2\n{}",
+        nginx.error_log_since(offset)
+    );
+    assert_eq!(
+        ask(w1, &dead_keys[0]),
+        Got::Hit,
+        "worker 1 after worker 2 saw it back"
+    );
+    let log = nginx.error_log_since(offset);
+    let backs = per_worker(&back_lines(&log, &addr));
+    if zone {
+        assert_eq!(backs, BTreeMap::from([(w2, 1)]), "{log}");
+    } else {
+        assert_eq!(backs, BTreeMap::from([(w1, 1), (w2, 1)]), "{log}");
+    }
+    assert_eq!(
+        connect_failures(&log, &addr).len(),
+        if zone { 1 } else { 2 },
+        "{log}"
+    );
+    assert_no_serious_log_lines(&nginx);
+}
+
+#[test]
+fn without_a_zone_each_worker_finds_a_dead_server_itself() {
+    down_state_across_workers(false);
+}
+
+#[test]
+fn with_a_zone_workers_share_a_dead_server_state() {
+    down_state_across_workers(true);
+}
+
+#[test]
+fn max_conns_caps_lookups_in_flight_per_server() {
+    const READ_TIMEOUT: Duration = Duration::from_millis(300);
+    const SLOW: usize = 0;
+    let c = Cluster::start();
+    let keys = keys("maxconns", 300);
+    c.write(Writer::PylibmcKetama, &keys);
+    let home = c.placement(&keys);
+    let (slow_keys, live_keys) = split_by_home(&keys, &home, SLOW);
+    let nginx = c
+        .nginx(
+            &c.upstream("rcache_hash ketama;", |i| {
+                if i == SLOW {
+                    "max_conns=1 max_fails=0".into()
+                } else {
+                    String::new()
+                }
+            }),
+            1,
+            "rcache_read_timeout 300ms;",
+        )
+        .start();
+    // One client: never two lookups on a server at once.
+    assert_all_hit("warm-up", &fetch_all(nginx.port(), &keys, 1));
+    let offset = nginx.error_log_len();
+    c.mcs[SLOW].pause();
+    let (first, second) = thread::scope(|scope| {
+        let first = scope.spawn(|| get_timed(nginx.port(), &slow_keys[0]));
+        // While the first waits for the stalled server, a second lookup on it is over
+        // max_conns: straight to the fallback.
+        thread::sleep(Duration::from_millis(50));
+        let second = get_timed(nginx.port(), &slow_keys[1]);
+        (first.join().expect("first"), second)
+    });
+    c.mcs[SLOW].resume();
+    println!("max_conns=1: first {:?}, second {:?}", first, second);
+    assert_eq!(first.0, Got::Error);
+    assert!(
+        first.1 >= READ_TIMEOUT - Duration::from_millis(20),
+        "{:?}",
+        first.1
+    );
+    assert_eq!(second.0, Got::Error);
+    assert!(
+        second.1 < READ_TIMEOUT / 2,
+        "the second lookup waited ({:?}) although max_conns=1 was reached",
+        second.1
+    );
+    // max_fails=0: not down; with the server back, its keys HIT at once.
+    assert_all_hit("after resume", &fetch_all(nginx.port(), &slow_keys, 1));
+    assert_all_hit("others", &fetch_all(nginx.port(), &live_keys, 4));
+    let log = nginx.error_log_since(offset);
+    assert_eq!(skip_lines(&log).len(), 1, "{log}");
+    assert_eq!(lines_with(&log, &["upstream timed out"]).len(), 1, "{log}");
+    assert_no_serious_log_lines(&nginx);
+}
+
+// ---------------------------------------------------------------------------------------
+// Server names are the client's, textually
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn servers_named_by_host_name_as_the_client_names_them() {
+    use std::net::ToSocketAddrs;
+    let c = Cluster::start();
+    let named: Vec<String> = c
+        .mcs
+        .iter()
+        .map(|mc| format!("localhost:{}", mc.port()))
+        .collect();
+    let upstream = |hash: &str, names: &[String]| {
+        let mut s = format!("upstream mc {{\n    rcache_hash {hash};\n");
+        for n in names {
+            s.push_str(&format!("    server {n};\n"));
+        }
+        s + "}\n"
+    };
+    let resolved: Vec<_> = ("localhost", 1)
+        .to_socket_addrs()
+        .expect("resolve localhost")
+        .collect();
+    if resolved.len() != 1 {
+        // e.g. 127.0.0.1 and ::1: a key needs one server.
+        let check = Nginx::builder()
+            .var("app", 1)
+            .http(&upstream("rendezvous", &named))
+            .http(&server_block(""))
+            .check_config();
+        assert!(!check.ok, "{}", check.output);
+        assert!(
+            emerg(&check).contains("resolves to several addresses"),
+            "{}",
+            emerg(&check)
+        );
+        println!("localhost resolves to {resolved:?}: rejected as expected");
+        return;
+    }
+    for (writer, tag) in [
+        (Writer::Pymemcache, "host-rv"),
+        (Writer::PylibmcKetama, "host-kt"),
+    ] {
+        let keys = keys(tag, 2000);
+        c.write_with(writer, &named, &keys);
+        let home = c.placement(&keys);
+        // Named as the client names them: every key found.
+        let nginx = c
+            .nginx(&upstream(writer.rcache_hash(), &named), 1, "")
+            .start();
+        assert_all_hit(
+            &format!("{writer:?} with localhost:port"),
+            &fetch_all(nginx.port(), &keys, 8),
+        );
+        drop(nginx);
+        // The same servers by address: other names, other placement.
+        let by_ip: Vec<String> = (0..3).map(|i| c.addr(i)).collect();
+        let nginx = c
+            .nginx(&upstream(writer.rcache_hash(), &by_ip), 1, "")
+            .start();
+        let f = fetch_all(nginx.port(), &keys, 8);
+        println!(
+            "{writer:?} written with localhost:port, nginx with 127.0.0.1:port: {}",
+            f.summary()
+        );
+        assert_eq!(f.count(&Got::Hit) + f.count(&Got::Miss), keys.len());
+        assert!(f.count(&Got::Miss) >= keys.len() / 5, "{}", f.summary());
+        assert!(home.iter().any(|&h| h != home[0]));
+    }
+}
+
+/// memcached on a unix socket only (the [`Memcached`] fixture is TCP).
+struct UnixMemcached {
+    proc: common::process::Proc,
+    path: std::path::PathBuf,
+    _dir: common::process::TempDir,
+}
+
+impl UnixMemcached {
+    fn start() -> UnixMemcached {
+        let dir = common::process::TempDir::new("mc-unix");
+        let path = dir.path().join("mc.sock");
+        let log = dir.path().join("memcached.log");
+        let binary =
+            common::process::env_path("RCACHE_MEMCACHED").unwrap_or_else(|| "memcached".into());
+        let mut cmd = std::process::Command::new(binary);
+        cmd.arg("-s")
+            .arg(&path)
+            .args(["-a", "0777", "-U", "0", "-t", "1", "-c", "4096"]);
+        if common::process::is_root() {
+            cmd.args(["-u", "root"]);
+        }
+        let proc = common::process::Proc::spawn("memcached-unix", &mut cmd, &log);
+        assert!(
+            wait_until(SECOND * 10, || std::os::unix::net::UnixStream::connect(
+                &path
+            )
+            .is_ok()),
+            "memcached did not listen on {}: {}",
+            path.display(),
+            common::process::read_text(&log)
+        );
+        UnixMemcached {
+            proc,
+            path,
+            _dir: dir,
+        }
+    }
+
+    fn curr_items(&self) -> u64 {
+        use std::io::BufRead;
+        let mut s = std::os::unix::net::UnixStream::connect(&self.path).expect("connect");
+        s.set_read_timeout(Some(SECOND * 5)).expect("timeout");
+        s.write_all(b"stats\r\n").expect("stats");
+        let mut items = None;
+        for line in BufReader::new(s).lines() {
+            let line = line.expect("stats line");
+            if line == "END" {
+                break;
+            }
+            if let Some(v) = line.strip_prefix("STAT curr_items ") {
+                items = v.parse().ok();
+            }
+        }
+        items.expect("curr_items")
+    }
+}
+
+impl Drop for UnixMemcached {
+    fn drop(&mut self) {
+        self.proc.stop(libc::SIGKILL, SECOND * 5);
+    }
+}
+
+#[test]
+fn proof_with_unix_socket_servers() {
+    // pymemcache names a socket node by its path; libmemcached hashes "path:0-N".
+    const N: usize = 3000;
+    let mcs: Vec<UnixMemcached> = (0..3).map(|_| UnixMemcached::start()).collect();
+    let app = App::start();
+    for (writer, tag) in [
+        (Writer::Pymemcache, "ux-rv"),
+        (Writer::PylibmcKetama, "ux-kt"),
+        (Writer::PylibmcModula, "ux-md"),
+    ] {
+        let before: Vec<u64> = mcs.iter().map(UnixMemcached::curr_items).collect();
+        let client_servers: Vec<String> = mcs
+            .iter()
+            .map(|m| {
+                if writer == Writer::Pymemcache {
+                    format!("unix:{}", m.path.display())
+                } else {
+                    m.path.display().to_string()
+                }
+            })
+            .collect();
+        let keys = keys(tag, N);
+        let names: Vec<String> = keys.iter().map(|k| k.key.clone()).collect();
+        write_keys(writer, &client_servers, &names);
+        let per_server = deltas(
+            &mcs.iter()
+                .map(UnixMemcached::curr_items)
+                .collect::<Vec<_>>(),
+            &before,
+        );
+        assert_eq!(per_server.iter().sum::<u64>(), N as u64, "{per_server:?}");
+        assert!(
+            per_server.iter().all(|&n| n >= (N / 20) as u64),
+            "{per_server:?}"
+        );
+        let mut upstream = format!(
+            "upstream mc {{\n    rcache_hash {};\n",
+            writer.rcache_hash()
+        );
+        for m in &mcs {
+            upstream.push_str(&format!("    server unix:{};\n", m.path.display()));
+        }
+        upstream.push_str("}\n");
+        let nginx = Nginx::builder()
+            .workers(2)
+            .var("app", app.port())
+            .http(&upstream)
+            .http(&server_block(""))
+            .start();
+        let f = fetch_all(nginx.port(), &keys, 8);
+        println!(
+            "{writer:?} over unix sockets, spread {per_server:?}: {}",
+            f.summary()
+        );
+        assert_all_hit(&format!("{writer:?} over unix sockets"), &f);
+        assert_no_serious_log_lines(&nginx);
+    }
 }
