@@ -2158,3 +2158,120 @@ fn proof_with_unix_socket_servers() {
         assert_no_serious_log_lines(&nginx);
     }
 }
+
+#[test]
+fn stalled_server_under_concurrent_requests_is_one_failure_episode() {
+    // 20 lookups in flight on a server that stalls: all fall back after one read timeout
+    // (in parallel, not one after another), and the server goes down once.
+    const READ_TIMEOUT: Duration = Duration::from_millis(300);
+    const STALLED: usize = 2;
+    const CONCURRENT: usize = 20;
+    let c = Cluster::start();
+    let keys = keys("stall20", 300);
+    c.write(Writer::PylibmcKetama, &keys);
+    let home = c.placement(&keys);
+    let (stalled_keys, live_keys) = split_by_home(&keys, &home, STALLED);
+    let nginx = c
+        .nginx(
+            &c.upstream("rcache_hash ketama;", |_| "fail_timeout=30s".into()),
+            1,
+            "rcache_read_timeout 300ms;",
+        )
+        .start();
+    assert_all_hit("warm-up", &fetch_all(nginx.port(), &keys, 8));
+    let addr = c.addr(STALLED);
+    let offset = nginx.error_log_len();
+    c.mcs[STALLED].pause();
+    let barrier = std::sync::Barrier::new(CONCURRENT);
+    let port = nginx.port();
+    let started = Instant::now();
+    let results: Vec<(Got, Duration)> = thread::scope(|scope| {
+        let handles: Vec<_> = (0..CONCURRENT)
+            .map(|i| {
+                let (barrier, key) = (&barrier, &stalled_keys[i % stalled_keys.len()]);
+                scope.spawn(move || {
+                    barrier.wait();
+                    get_timed(port, key)
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("client"))
+            .collect()
+    });
+    let took = started.elapsed();
+    let live = fetch_all(nginx.port(), &live_keys, 4);
+    // Still down (fail_timeout=30s): its keys fall back at once, also after resume.
+    c.mcs[STALLED].resume();
+    let (after, after_took) = get_timed(nginx.port(), &stalled_keys[0]);
+    let slow = results
+        .iter()
+        .filter(|(_, t)| *t >= READ_TIMEOUT - Duration::from_millis(20))
+        .count();
+    println!("{CONCURRENT} concurrent lookups on a stalled server: {took:?}, {slow} waited");
+    assert!(results.iter().all(|(g, _)| *g == Got::Error), "{results:?}");
+    assert!(
+        took < READ_TIMEOUT + SECOND,
+        "{CONCURRENT} concurrent lookups took {took:?}: timeouts in series?"
+    );
+    assert_all_hit("the other servers' keys", &live);
+    assert_eq!(after, Got::Error);
+    assert!(after_took < READ_TIMEOUT / 2, "{after_took:?}");
+    let log = nginx.error_log_since(offset);
+    assert_eq!(
+        lines_with(&log, &["upstream timed out", &addr]).len(),
+        slow,
+        "{log}"
+    );
+    assert_eq!(skip_lines(&log).len(), CONCURRENT - slow + 1, "{log}");
+    assert_eq!(
+        down_lines(&log, &addr).len(),
+        1,
+        "one line for the episode:\n{log}"
+    );
+    assert_no_serious_log_lines(&nginx);
+}
+
+#[test]
+fn reload_to_the_matching_algorithm_takes_effect() {
+    let c = Cluster::start();
+    let keys = keys("realg", 1000);
+    c.write(Writer::Pymemcache, &keys);
+    c.placement(&keys);
+    let mut nginx = c
+        .nginx(&c.upstream("rcache_hash modula;", |_| String::new()), 2, "")
+        .start();
+    let before = fetch_all(nginx.port(), &keys, 4);
+    assert!(
+        before.count(&Got::Miss) >= keys.len() / 4,
+        "{}",
+        before.summary()
+    );
+    nginx.set_http(&format!(
+        "{}\n{}",
+        c.upstream("rcache_hash rendezvous;", |_| String::new()),
+        server_block("")
+    ));
+    nginx.reload();
+    assert_all_hit("after reload", &fetch_all(nginx.port(), &keys, 4));
+    assert_no_serious_log_lines(&nginx);
+}
+
+#[test]
+fn rcache_hash_duplicate_server_line_is_rejected_with_a_clear_message() {
+    // The same server twice is a config mistake: rejected, and the message must say what
+    // is wrong with the line (not that it "resolves to several addresses").
+    let c = check_upstream(
+        "upstream mc { rcache_hash ketama; server 127.0.0.1:11211; server 127.0.0.1:11212; \
+         server 127.0.0.1:11211; }",
+    );
+    assert!(!c.ok, "{}", c.output);
+    let line = emerg(&c);
+    assert!(line.contains("rcache_hash"), "{line}");
+    assert!(line.contains("\"127.0.0.1:11211\""), "{line}");
+    assert!(
+        !line.contains("resolves to several addresses"),
+        "a server listed twice is reported as resolving to several addresses: {line}"
+    );
+}
