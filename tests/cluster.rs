@@ -709,6 +709,29 @@ fn a_setup_unlike_the_writer_misses() {
         );
     }
 
+    // pylibmc with {"ketama": True} but without "hash": "md5" (as django-pylibmc's README
+    // has it): libmemcached hashes keys with one_at_a_time, rcache_hash ketama with MD5.
+    let keys_k = keys("wrong-hash", N);
+    c.write(Writer::PylibmcKetamaDefaultHash, &keys_k);
+    c.placement(&keys_k);
+    {
+        let nginx = c
+            .nginx(&c.upstream("rcache_hash ketama;", |_| String::new()), 1, "")
+            .start();
+        let f = fetch_all(nginx.port(), &keys_k, 8);
+        println!(
+            "pylibmc ketama without md5, rcache_hash ketama: {}",
+            f.summary()
+        );
+        assert_eq!(
+            f.count(&Got::Hit) + f.count(&Got::Miss),
+            N,
+            "{}",
+            f.summary()
+        );
+        assert!(f.count(&Got::Miss) >= N * 4 / 10, "{}", f.summary());
+    }
+
     // pylibmc modula keys, nginx modula with the servers in reverse order: exactly the
     // keys of the middle server (index 1 either way) are found.
     let keys_b = keys("wrong-order", N);

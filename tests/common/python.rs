@@ -29,6 +29,9 @@ pub enum Writer {
     PylibmcKetamaWeighted,
     /// pylibmc without behaviors (libmemcached's modula over one_at_a_time).
     PylibmcModula,
+    /// pylibmc `behaviors={"ketama": True}` alone: libmemcached's key hash stays
+    /// one_at_a_time, which no `rcache_hash` matches (for tests of a mismatch).
+    PylibmcKetamaDefaultHash,
 }
 
 impl Writer {
@@ -46,6 +49,7 @@ impl Writer {
             Writer::PylibmcKetama => "pylibmc-ketama",
             Writer::PylibmcKetamaWeighted => "pylibmc-ketama-weighted",
             Writer::PylibmcModula => "pylibmc-modula",
+            Writer::PylibmcKetamaDefaultHash => "pylibmc-ketama-default-hash",
         }
     }
 
@@ -56,6 +60,9 @@ impl Writer {
             Writer::PylibmcKetama => "ketama",
             Writer::PylibmcKetamaWeighted => "ketama weighted",
             Writer::PylibmcModula => "modula",
+            Writer::PylibmcKetamaDefaultHash => {
+                panic!("no rcache_hash matches pylibmc ketama without \"hash\": \"md5\"")
+            }
         }
     }
 

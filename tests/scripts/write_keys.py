@@ -13,6 +13,10 @@ CLIENT (how the client is built is the whole point: rcache must place keys alike
   pylibmc-ketama-weighted  pylibmc.Client(servers, behaviors={"ketama_weighted": True}),
                            servers written "host:port:weight"
   pylibmc-modula           pylibmc.Client(servers): libmemcached's defaults
+  pylibmc-ketama-default-hash
+                           pylibmc.Client(servers, behaviors={"ketama": True}) without
+                           "hash": "md5" (django-pylibmc's README example): libmemcached
+                           keeps its default key hash, so no rcache_hash matches it
 KEYS_FILE  UTF-8 text, one key per line (keys as the app writes them: str).
 SERVER     "host:port", or "host:port:weight" for pylibmc-ketama-weighted.
 
@@ -46,6 +50,8 @@ def make_client(kind, servers):
         return pylibmc.Client(servers, behaviors={"ketama": True, "hash": "md5"})
     if kind == "pylibmc-ketama-weighted":
         return pylibmc.Client(servers, behaviors={"ketama_weighted": True})
+    if kind == "pylibmc-ketama-default-hash":
+        return pylibmc.Client(servers, behaviors={"ketama": True})
     if kind == "pylibmc-modula":
         return pylibmc.Client(servers)
     sys.exit(f"write_keys.py: unknown client {kind!r}")
