@@ -968,6 +968,88 @@ fn restarted_server_is_asked_again_after_fail_timeout() {
     assert_no_serious_log_lines(&nginx);
 }
 
+#[test]
+fn a_server_that_stays_dead_is_probed_once_per_fail_timeout_and_logged_once() {
+    // One failure episode: probes after each fail_timeout fail too, but the "its keys go
+    // to the fallback" line is written once; when it is back (restarted, empty), the
+    // probe gets a MISS, which is an answer: "answers again", once.
+    const DEAD: usize = 0;
+    let mut c = Cluster::start();
+    let keys = keys("probe", 300);
+    c.write(Writer::Pymemcache, &keys);
+    let home = c.placement(&keys);
+    let (dead_keys, live_keys) = split_by_home(&keys, &home, DEAD);
+    let nginx = c
+        .nginx(
+            &c.upstream("rcache_hash rendezvous;", |_| "fail_timeout=1s".into()),
+            1,
+            "",
+        )
+        .start();
+    assert_all_hit("warm-up", &fetch_all(nginx.port(), &keys, 4));
+    let addr = c.addr(DEAD);
+    c.mcs[DEAD].stop();
+    let offset = nginx.error_log_len();
+    let t0 = Instant::now();
+    let dead_requests = std::cell::Cell::new(0usize);
+    let ask = |k: &Key| {
+        dead_requests.set(dead_requests.get() + 1);
+        get(nginx.port(), k)
+    };
+    assert_eq!(ask(&dead_keys[0]), Got::Error);
+    // Keep asking until the probe after fail_timeout has tried it (and failed) again.
+    let probed = wait_until(SECOND * 5, || {
+        assert_eq!(ask(&dead_keys[1]), Got::Error);
+        connect_failures(&nginx.error_log_since(offset), &addr).len() == 2
+    });
+    let probed_after = t0.elapsed();
+    assert!(
+        probed,
+        "no probe within 5 s:\n{}",
+        nginx.error_log_since(offset)
+    );
+    assert!(
+        probed_after > SECOND,
+        "probed before fail_timeout: {probed_after:?}"
+    );
+    let log = nginx.error_log_since(offset);
+    assert_eq!(
+        down_lines(&log, &addr).len(),
+        1,
+        "one line per episode:\n{log}"
+    );
+    assert_eq!(skip_lines(&log).len(), dead_requests.get() - 2, "{log}");
+    assert_eq!(
+        lines_with(&log, &["temporarily disabled"]).len(),
+        2,
+        "{log}"
+    );
+
+    // Back, empty: after fail_timeout its keys are MISSes (memcached answers), not ERRORs.
+    c.mcs[DEAD].restart();
+    let mut last = Got::Error;
+    let back = wait_until(SECOND * 5, || {
+        last = ask(&dead_keys[0]);
+        last != Got::Error
+    });
+    let back_after = t0.elapsed() - probed_after;
+    assert!(
+        back,
+        "still ERROR 5 s after the restart\n{}",
+        nginx.error_log_since(offset)
+    );
+    assert_eq!(last, Got::Miss, "the restarted server is empty");
+    println!("probe: second probe {probed_after:?} after the kill; back {back_after:?} later");
+    let log = nginx.error_log_since(offset);
+    assert_eq!(back_lines(&log, &addr).len(), 1, "{log}");
+    assert_eq!(down_lines(&log, &addr).len(), 1, "{log}");
+    assert_eq!(connect_failures(&log, &addr).len(), 2, "{log}");
+    c.write(Writer::Pymemcache, &dead_keys);
+    assert_all_hit("re-written", &fetch_all(nginx.port(), &dead_keys, 4));
+    assert_all_hit("others", &fetch_all(nginx.port(), &live_keys, 4));
+    assert_no_serious_log_lines(&nginx);
+}
+
 // ---------------------------------------------------------------------------------------
 // 5. max_fails, single server, `down`
 // ---------------------------------------------------------------------------------------
