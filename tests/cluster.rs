@@ -603,7 +603,9 @@ fn proof_ketama_weighted_with_other_weights() {
 fn cluster_on_port_11211() -> Cluster {
     let mut mcs = Vec::new();
     for last in 1..=254u8 {
-        if let Some(mc) = Memcached::start_at(std::net::Ipv4Addr::new(127, 0, 42, last), 11211) {
+        if let Some(mc) =
+            Memcached::start_at(std::net::Ipv4Addr::new(127, 0, 42, last).into(), 11211)
+        {
             mcs.push(mc);
             if mcs.len() == 3 {
                 return Cluster::of(mcs);
@@ -640,6 +642,32 @@ fn proof_on_the_default_port_11211_with_servers_named_without_port() {
                 }
             })
             .collect();
+        println!(
+            "{}",
+            proof_on(&c, writer, &keys(tag, 2000), &servers, false)
+        );
+    }
+}
+
+#[test]
+fn proof_with_ipv6_servers() {
+    // Clients and nginx write "[::1]:port"; pymemcache names the node "::1:port" and
+    // libmemcached hashes "::1:port-N": the brackets are not part of the name.
+    let mut mcs = Vec::new();
+    while mcs.len() < 3 {
+        if let Some(mc) = Memcached::start_at(std::net::Ipv6Addr::LOCALHOST.into(), free_port()) {
+            mcs.push(mc);
+        }
+    }
+    let c = Cluster::of(mcs);
+    assert!(c.addr(0).starts_with("[::1]:"), "{}", c.addr(0));
+    for (writer, tag) in [
+        (Writer::Pymemcache, "v6-rv"),
+        (Writer::PylibmcKetama, "v6-kt"),
+        (Writer::PylibmcKetamaWeighted, "v6-kw"),
+        (Writer::PylibmcModula, "v6-md"),
+    ] {
+        let servers = c.client_servers(writer);
         println!(
             "{}",
             proof_on(&c, writer, &keys(tag, 2000), &servers, false)
@@ -1750,7 +1778,7 @@ fn rcache_hash_valid_forms_are_accepted() {
 #[test]
 fn memcached_pass_to_an_rcache_hash_upstream_is_round_robin() {
     const STOCK: usize = 30;
-    let c = Cluster::start();
+    let mut c = Cluster::start();
     let keys = keys("rc", 120);
     c.write(Writer::Pymemcache, &keys);
     c.placement(&keys);
@@ -1796,6 +1824,24 @@ fn memcached_pass_to_an_rcache_hash_upstream_is_round_robin() {
     );
     // rcache lookups through the same upstream still go to each key's home.
     assert_all_hit("rcache keys", &fetch_all(nginx.port(), &keys, 4));
+
+    // A dead server: stock requests move on to the next server (memcached_next_upstream),
+    // rcache lookups for its keys fall back.
+    const DEAD: usize = 1;
+    let home = c.placement(&keys);
+    let (dead_keys, live_keys) = split_by_home(&keys, &home, DEAD);
+    c.mcs[DEAD].stop();
+    for n in 0..STOCK {
+        let r = http::get(nginx.port(), "/stock/page");
+        assert_eq!(
+            (r.status, r.body.as_slice()),
+            (200, &page[..]),
+            "stock request {n} with a dead server"
+        );
+    }
+    let f = fetch_all(nginx.port(), &dead_keys, 2);
+    assert_eq!(f.count(&Got::Error), dead_keys.len(), "{}", f.summary());
+    assert_all_hit("live rcache keys", &fetch_all(nginx.port(), &live_keys, 4));
     assert_no_serious_log_lines(&nginx);
 }
 

@@ -12,7 +12,7 @@
 
 use std::collections::HashMap;
 use std::io::{self, BufRead, BufReader, Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, TcpStream};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
 use std::path::PathBuf;
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -54,7 +54,7 @@ enum StartError {
 }
 
 pub struct Memcached {
-    host: Ipv4Addr,
+    host: IpAddr,
     proc: Option<Proc>,
     port: u16,
     extra_args: Vec<String>,
@@ -80,7 +80,7 @@ impl Memcached {
         let dir = TempDir::new("memcached");
         let log = dir.path().join("memcached.log");
         let mut mc = Memcached {
-            host: Ipv4Addr::LOCALHOST,
+            host: IpAddr::V4(Ipv4Addr::LOCALHOST),
             proc: None,
             port: 0,
             extra_args: extra.iter().map(|s| s.to_string()).collect(),
@@ -103,8 +103,8 @@ impl Memcached {
     }
 
     /// Starts memcached listening on `host`:`port` exactly (e.g. another loopback address
-    /// on memcached's default port 11211), or None if that address is in use.
-    pub fn start_at(host: Ipv4Addr, port: u16) -> Option<Memcached> {
+    /// on memcached's default port 11211, or `::1`), or None if that address is in use.
+    pub fn start_at(host: IpAddr, port: u16) -> Option<Memcached> {
         let dir = TempDir::new("memcached");
         let log = dir.path().join("memcached.log");
         let mut mc = Memcached {
@@ -188,9 +188,10 @@ impl Memcached {
         self.port
     }
 
-    /// "127.0.0.1:<port>" (the host it listens on), as written in nginx configs.
+    /// "127.0.0.1:<port>" (the host it listens on; "[::1]:<port>" for IPv6), as written in
+    /// nginx configs.
     pub fn addr(&self) -> String {
-        format!("{}:{}", self.host, self.port)
+        self.socket_addr().to_string()
     }
 
     pub fn socket_addr(&self) -> SocketAddr {
@@ -205,10 +206,7 @@ impl Memcached {
     /// A fresh `memcache` crate client (ASCII protocol, like pymemcache and Django; 5 s
     /// timeout). Each call opens its own pool of one connection.
     pub fn client(&self) -> memcache::Client {
-        let url = format!(
-            "memcache://{}:{}?protocol=ascii&timeout=5",
-            self.host, self.port
-        );
+        let url = format!("memcache://{}?protocol=ascii&timeout=5", self.socket_addr());
         memcache::Client::connect(url.as_str())
             .unwrap_or_else(|e| panic!("memcache client for {url}: {e}"))
     }
