@@ -2,11 +2,29 @@
 //! application's client put it on — proven against the real clients — and failures
 //! (killed, stalled, restarted, `down`) that users never see as anything but the app.
 //!
-//! Every test runs 3 real memcached instances. Keys are written by the real clients
-//! (pymemcache as Django builds it, pylibmc/libmemcached) through
+//! Every test runs real memcached instances (3 per cluster). Keys are written by the real
+//! clients (pymemcache as Django builds it, pylibmc/libmemcached) through
 //! `tests/scripts/write_keys.py` ([`common::python`]); where each key landed is then read
-//! back from the three servers ([`Cluster::placement`]), so a key's "home" is always the
+//! back from the servers ([`Cluster::placement`]), so a key's "home" is always the
 //! writer's choice, never a reimplementation of its hashing.
+//!
+//! * proofs (10 002 keys per algorithm: plain, `%20`/`%25`-escaped, UTF-8, punctuation;
+//!   str and bytes values): 100% byte-exact HIT, each server asked for exactly its own
+//!   keys, over pooled connections; other weights, port 11211 with port-less client
+//!   lists, IPv6, unix sockets, host names, a Django key prefix;
+//! * wrong setups miss (another algorithm, another server order, pylibmc ketama without
+//!   md5), so the proofs can fail;
+//! * a killed server: its keys go to the fallback without connects after the first
+//!   failure (nginx's `connect() failed` and rcache's "go to the fallback" line once per
+//!   worker, once in all with `zone`); probes once per `fail_timeout`; recovery with
+//!   "answers again" once; `max_fails` 3 and 0, a single server, `down`, `max_conns`;
+//! * connects that hang and a stalled server (SIGSTOP): one timeout, then instant
+//!   fallback; other servers unaffected; concurrent lookups time out in parallel;
+//! * a restart with pooled connections is a MISS, never an ERROR, never "down";
+//! * reload (also to another algorithm) and graceful quit under load;
+//! * `nginx -t`: `rcache_hash` outside `upstream`, bad arguments, duplicates, server
+//!   lines without port, `backup`, a duplicate server; valid forms;
+//! * `memcached_pass` to the same upstream is round robin.
 //!
 //! Needs `scripts/python-env.sh` (target/pyenv) or `RCACHE_PYTHON`.
 
@@ -813,6 +831,8 @@ fn killed_server_keys_go_to_the_fallback_without_connects() {
 
     let addr = c.addr(DEAD);
     c.mcs[DEAD].stop();
+    let live_servers: Vec<usize> = (0..3).filter(|&i| i != DEAD).collect();
+    let gets_before: Vec<u64> = live_servers.iter().map(|&i| c.mcs[i].cmd_get()).collect();
     let offset = nginx.error_log_len();
     let started = Instant::now();
     // The dead server's keys one at a time on new connections (so no worker ever has two
@@ -829,6 +849,17 @@ fn killed_server_keys_go_to_the_fallback_without_connects() {
     });
     let took = started.elapsed();
     assert_all_hit("the other servers' keys while one is dead", &live);
+    // The dead server's keys are never looked up on another server.
+    let gets: Vec<u64> = live_servers.iter().map(|&i| c.mcs[i].cmd_get()).collect();
+    let expected: Vec<u64> = live_servers
+        .iter()
+        .map(|&i| home.iter().filter(|&&h| h == i).count() as u64)
+        .collect();
+    assert_eq!(
+        deltas(&gets, &gets_before),
+        expected,
+        "gets on the live servers: exactly their own keys, once each"
+    );
     for (i, (g, _)) in dead_got.iter().enumerate() {
         assert_eq!(g, &Got::Error, "request {i} for a key of the dead server");
     }
