@@ -2114,12 +2114,17 @@ fn max_conns_caps_lookups_in_flight_per_server() {
     // One client: never two lookups on a server at once.
     assert_all_hit("warm-up", &fetch_all(nginx.port(), &keys, 1));
     let offset = nginx.error_log_len();
+    let slow_port = c.mcs[SLOW].port();
     c.mcs[SLOW].pause();
     let (first, second) = thread::scope(|scope| {
         let first = scope.spawn(|| get_timed(nginx.port(), &slow_keys[0]));
-        // While the first waits for the stalled server, a second lookup on it is over
-        // max_conns: straight to the fallback.
-        thread::sleep(Duration::from_millis(50));
+        // Once the first lookup waits at the stalled server (its `get` sits unread in
+        // memcached's socket), a second lookup on it is over max_conns: straight to the
+        // fallback.
+        assert!(
+            wait_until(SECOND * 5, || unread_bytes_at(slow_port) > 0),
+            "the first lookup never reached the stalled server"
+        );
         let second = get_timed(nginx.port(), &slow_keys[1]);
         (first.join().expect("first"), second)
     });
@@ -2144,6 +2149,25 @@ fn max_conns_caps_lookups_in_flight_per_server() {
     assert_eq!(skip_lines(&log).len(), 1, "{log}");
     assert_eq!(lines_with(&log, &["upstream timed out"]).len(), 1, "{log}");
     assert_no_serious_log_lines(&nginx);
+}
+
+/// Bytes received but not yet read on established TCP sockets whose local address is
+/// 127.0.0.1:`port` (from /proc/net/tcp): requests waiting at a stalled server.
+fn unread_bytes_at(port: u16) -> u64 {
+    let local = format!("0100007F:{port:04X}");
+    std::fs::read_to_string("/proc/net/tcp")
+        .unwrap_or_default()
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let cols: Vec<&str> = line.split_whitespace().collect();
+            let (addr, state, queues) = (cols.get(1)?, cols.get(3)?, cols.get(4)?);
+            if *addr != local || *state != "01" {
+                return None;
+            }
+            u64::from_str_radix(queues.split(':').nth(1)?, 16).ok()
+        })
+        .sum()
 }
 
 // ---------------------------------------------------------------------------------------
