@@ -358,7 +358,13 @@ pub struct Blackhole {
 
 impl Blackhole {
     pub fn start() -> Blackhole {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("blackhole: bind 127.0.0.1:0");
+        Blackhole::start_on(0).expect("blackhole: bind 127.0.0.1:0")
+    }
+
+    /// A blackhole on 127.0.0.1:`port` (e.g. where a stopped memcached listened), or None
+    /// if the port is in use.
+    pub fn start_on(port: u16) -> Option<Blackhole> {
+        let listener = TcpListener::bind(("127.0.0.1", port)).ok()?;
         // SAFETY: listen(2) on a socket we own; re-listening only changes the backlog.
         let rc = unsafe { libc::listen(listener.as_raw_fd(), 0) };
         assert_eq!(
@@ -374,11 +380,11 @@ impl Blackhole {
                 Ok(s) => filler.push(s),
                 Err(_) => {
                     // This connect hung: the queue is full and further SYNs are dropped.
-                    return Blackhole {
+                    return Some(Blackhole {
                         _listener: listener,
                         _filler: filler,
                         port: addr.port(),
-                    };
+                    });
                 }
             }
         }

@@ -12,7 +12,7 @@
 
 use std::collections::HashMap;
 use std::io::{self, BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
 use std::path::PathBuf;
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -54,6 +54,7 @@ enum StartError {
 }
 
 pub struct Memcached {
+    host: IpAddr,
     proc: Option<Proc>,
     port: u16,
     extra_args: Vec<String>,
@@ -79,6 +80,7 @@ impl Memcached {
         let dir = TempDir::new("memcached");
         let log = dir.path().join("memcached.log");
         let mut mc = Memcached {
+            host: IpAddr::V4(Ipv4Addr::LOCALHOST),
             proc: None,
             port: 0,
             extra_args: extra.iter().map(|s| s.to_string()).collect(),
@@ -100,12 +102,33 @@ impl Memcached {
         );
     }
 
+    /// Starts memcached listening on `host`:`port` exactly (e.g. another loopback address
+    /// on memcached's default port 11211, or `::1`), or None if that address is in use.
+    pub fn start_at(host: IpAddr, port: u16) -> Option<Memcached> {
+        let dir = TempDir::new("memcached");
+        let log = dir.path().join("memcached.log");
+        let mut mc = Memcached {
+            host,
+            proc: None,
+            port: 0,
+            extra_args: Vec::new(),
+            log,
+            stats_conn: Mutex::new(None),
+            paused: AtomicBool::new(false),
+            dir,
+        };
+        match mc.spawn_on(port) {
+            Ok(()) => Some(mc),
+            Err(StartError::AddrInUse) => None,
+        }
+    }
+
     fn spawn_on(&mut self, port: u16) -> Result<(), StartError> {
         let log_offset = file_len(&self.log);
         let mut cmd = Command::new(memcached_binary());
         cmd.args([
             "-l",
-            "127.0.0.1",
+            &self.host.to_string(),
             "-p",
             &port.to_string(),
             "-U",
@@ -133,7 +156,7 @@ impl Memcached {
                 );
             }
             // Ready when the process on this port is ours: memcached reports its pid.
-            if let Ok(conn) = TcpStream::connect(("127.0.0.1", port)) {
+            if let Ok(conn) = TcpStream::connect((self.host, port)) {
                 let _ = conn.set_read_timeout(Some(STATS_TIMEOUT));
                 let _ = conn.set_write_timeout(Some(STATS_TIMEOUT));
                 let mut conn = BufReader::new(conn);
@@ -165,13 +188,14 @@ impl Memcached {
         self.port
     }
 
-    /// "127.0.0.1:<port>", as written in nginx configs.
+    /// "127.0.0.1:<port>" (the host it listens on; "[::1]:<port>" for IPv6), as written in
+    /// nginx configs.
     pub fn addr(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
+        self.socket_addr().to_string()
     }
 
     pub fn socket_addr(&self) -> SocketAddr {
-        SocketAddr::from(([127, 0, 0, 1], self.port))
+        SocketAddr::from((self.host, self.port))
     }
 
     /// PID of the running memcached (panics if stopped).
@@ -182,10 +206,7 @@ impl Memcached {
     /// A fresh `memcache` crate client (ASCII protocol, like pymemcache and Django; 5 s
     /// timeout). Each call opens its own pool of one connection.
     pub fn client(&self) -> memcache::Client {
-        let url = format!(
-            "memcache://127.0.0.1:{}?protocol=ascii&timeout=5",
-            self.port
-        );
+        let url = format!("memcache://{}?protocol=ascii&timeout=5", self.socket_addr());
         memcache::Client::connect(url.as_str())
             .unwrap_or_else(|e| panic!("memcache client for {url}: {e}"))
     }
@@ -243,6 +264,44 @@ impl Memcached {
         self.client()
             .get::<(Vec<u8>, u32)>(key)
             .unwrap_or_else(|e| panic!("memcache get {key:?}: {e}"))
+    }
+
+    /// Looks up every key of `keys` (raw bytes, as the writer sent them: UTF-8 for a `str`
+    /// key) with pipelined `get`s over one new connection; returns each key's value and
+    /// flags, or None. For finding where a client put its keys; counts as one connection
+    /// in [`Memcached::total_connections`].
+    pub fn get_multi(&self, keys: &[&[u8]]) -> Vec<Option<(Vec<u8>, u32)>> {
+        const BATCH: usize = 200;
+        let what = format!("get_multi on {}", self.addr());
+        let s = TcpStream::connect(self.socket_addr())
+            .unwrap_or_else(|e| panic!("{what}: connect: {e}"));
+        s.set_read_timeout(Some(STATS_TIMEOUT))
+            .expect("set_read_timeout");
+        let mut conn = BufReader::new(s);
+        let mut out = Vec::with_capacity(keys.len());
+        for batch in keys.chunks(BATCH) {
+            let mut cmds = Vec::new();
+            for key in batch {
+                assert!(
+                    !key.is_empty()
+                        && key.len() <= 250
+                        && key.iter().all(|&b| b > 0x20 && b != 0x7f),
+                    "get_multi: {key:?} is not a valid memcached ASCII key"
+                );
+                cmds.extend_from_slice(b"get ");
+                cmds.extend_from_slice(key);
+                cmds.extend_from_slice(b"\r\n");
+            }
+            conn.get_mut()
+                .write_all(&cmds)
+                .unwrap_or_else(|e| panic!("{what}: write: {e}"));
+            for key in batch {
+                out.push(read_get_reply(&mut conn, key).unwrap_or_else(|e| {
+                    panic!("{what}: reply for {:?}: {e}", String::from_utf8_lossy(key))
+                }));
+            }
+        }
+        out
     }
 
     /// `stats` as a map (over the fixture's persistent connection; reconnects once if it
@@ -378,6 +437,52 @@ impl Memcached {
             }
         }
     }
+}
+
+/// Reads the reply to `get <key>`: `END`, or one `VALUE` block for `key` and `END`.
+fn read_get_reply(
+    conn: &mut BufReader<TcpStream>,
+    key: &[u8],
+) -> io::Result<Option<(Vec<u8>, u32)>> {
+    let bad = |msg: String| io::Error::new(io::ErrorKind::InvalidData, msg);
+    let mut line = Vec::new();
+    conn.read_until(b'\n', &mut line)?;
+    if line == b"END\r\n" {
+        return Ok(None);
+    }
+    let text = String::from_utf8_lossy(&line).into_owned();
+    let mut head = b"VALUE ".to_vec();
+    head.extend_from_slice(key);
+    head.push(b' ');
+    let rest = line
+        .strip_prefix(head.as_slice())
+        .and_then(|r| r.strip_suffix(b"\r\n"))
+        .ok_or_else(|| bad(format!("unexpected line {text:?}")))?;
+    let rest = String::from_utf8_lossy(rest);
+    let mut words = rest.split(' ');
+    let flags: u32 = words
+        .next()
+        .and_then(|w| w.parse().ok())
+        .ok_or_else(|| bad(format!("bad flags in {text:?}")))?;
+    let len: usize = words
+        .next()
+        .and_then(|w| w.parse().ok())
+        .ok_or_else(|| bad(format!("bad length in {text:?}")))?;
+    let mut data = vec![0; len + 2];
+    conn.read_exact(&mut data)?;
+    if !data.ends_with(b"\r\n") {
+        return Err(bad(format!("value of {text:?} not followed by CRLF")));
+    }
+    data.truncate(len);
+    let mut end = Vec::new();
+    conn.read_until(b'\n', &mut end)?;
+    if end != b"END\r\n" {
+        return Err(bad(format!(
+            "no END after {text:?}: {:?}",
+            String::from_utf8_lossy(&end)
+        )));
+    }
+    Ok(Some((data, flags)))
 }
 
 /// Sends `stats` and reads `STAT name value` lines up to `END`.

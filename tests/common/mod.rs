@@ -35,6 +35,7 @@
 //!   `target/<profile>/librcache.so`). A module only loads into the nginx version it was
 //!   built for: with `RCACHE_NGINX=/usr/sbin/nginx` point this at a build for 1.22.
 //! * `RCACHE_MEMCACHED`: memcached binary (default `memcached` from PATH).
+//! * `RCACHE_PYTHON`: Python with pymemcache and pylibmc (default `target/pyenv/bin/python3`).
 //! * `RCACHE_KEEP_TMP`: keep the per-fixture temp dirs under `$TMPDIR/rcache-tests/`.
 //!
 //! Fixtures (see each module for details):
@@ -45,6 +46,9 @@
 //! * [`FakeMemcached`], [`Step`], [`Blackhole`] (`fake_memcached.rs`): scripted faults.
 //! * [`App`] (`app.rs`): the fallback app; echoes what it received ([`Echo`]).
 //! * [`http`]: the client (`get`, `request`, `KeepAliveClient`, `load`, `send_raw`).
+//! * [`python`]: keys written by the real clients (pymemcache, pylibmc) through
+//!   `tests/scripts/write_keys.py` (env `RCACHE_PYTHON`, default `target/pyenv`, made by
+//!   `scripts/python-env.sh`).
 #![allow(dead_code)] // each test binary uses a different subset
 
 pub mod app;
@@ -53,6 +57,7 @@ pub mod http;
 pub mod memcached;
 pub mod nginx;
 pub mod process;
+pub mod python;
 mod server;
 pub mod sha256;
 
