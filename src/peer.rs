@@ -168,9 +168,9 @@ unsafe extern "C" fn free_peer(
 
         if let Some(balancer_free) = pd.balancer_free {
             // A stale pooled connection says nothing about the server: it must not
-            // count against max_fails.
+            // count against max_fails (NGX_PEER_NEXT: neither failed nor answered).
             let state = if retry_fresh {
-                state & !(NGX_PEER_FAILED as ngx_uint_t)
+                (state & !(NGX_PEER_FAILED as ngx_uint_t)) | NGX_PEER_NEXT as ngx_uint_t
             } else {
                 state
             };

@@ -2203,7 +2203,7 @@ fn servers_named_by_host_name_as_the_client_names_them() {
             .check_config();
         assert!(!check.ok, "{}", check.output);
         assert!(
-            emerg(&check).contains("resolves to several addresses"),
+            emerg(&check).contains("addresses, a key needs one server"),
             "{}",
             emerg(&check)
         );
@@ -2476,8 +2476,5 @@ fn rcache_hash_duplicate_server_line_is_rejected_with_a_clear_message() {
     let line = emerg(&c);
     assert!(line.contains("rcache_hash"), "{line}");
     assert!(line.contains("\"127.0.0.1:11211\""), "{line}");
-    assert!(
-        !line.contains("resolves to several addresses"),
-        "a server listed twice is reported as resolving to several addresses: {line}"
-    );
+    assert!(line.contains("is listed twice"), "{line}");
 }

@@ -134,17 +134,29 @@ unsafe extern "C" fn init_upstream(
             return fail("backup servers are not supported".into());
         }
 
-        let mut servers: Vec<(ServerName, u32)> = Vec::new();
-        let mut names: Vec<&[u8]> = Vec::new();
-        let mut peer = (*peers).peer;
-        while !peer.is_null() {
-            let text = (*peer).server.as_bytes();
-            if names.contains(&text) {
+        // One address per `server` line, each line once: a key has one home.
+        let lines = (*(*us).servers).as_slice::<ngx_http_upstream_server_t>();
+        for (i, line) in lines.iter().enumerate() {
+            let text = line.name.as_bytes();
+            if line.naddrs > 1 {
                 return fail(format!(
-                    "server \"{}\" resolves to several addresses, a key needs one server",
+                    "server \"{}\" resolves to {} addresses, a key needs one server",
+                    String::from_utf8_lossy(text),
+                    line.naddrs
+                ));
+            }
+            if lines[..i].iter().any(|l| l.name.as_bytes() == text) {
+                return fail(format!(
+                    "server \"{}\" is listed twice",
                     String::from_utf8_lossy(text)
                 ));
             }
+        }
+
+        let mut servers: Vec<(ServerName, u32)> = Vec::new();
+        let mut peer = (*peers).peer;
+        while !peer.is_null() {
+            let text = (*peer).server.as_bytes();
             match ServerName::parse(text) {
                 Ok(name) => servers.push((name, (*peer).weight as u32)),
                 Err(e) => {
@@ -155,7 +167,6 @@ unsafe extern "C" fn init_upstream(
                     ))
                 }
             }
-            names.push(text);
             peer = (*peer).next;
         }
 
@@ -273,8 +284,18 @@ unsafe extern "C" fn free_peer(
         if peer.is_null() {
             return;
         }
-        let was_down = with_peer(hp.rrp.peers, peer, is_marked_down);
+        let (before, was_down) = with_peer(hp.rrp.peers, peer, |p| {
+            ((p.fails, p.accessed, p.checked), is_marked_down(p))
+        });
         ngx_http_upstream_free_round_robin_peer(pc, ptr::addr_of_mut!(hp.rrp).cast(), state);
+        if state & NGX_PEER_NEXT as ngx_uint_t != 0 {
+            // A stale pooled connection, retried on a new one (peer.rs): it says
+            // nothing about the server, neither a failure nor an answer.
+            with_peer_mut(hp.rrp.peers, peer, |p| {
+                (p.fails, p.accessed, p.checked) = before;
+            });
+            return;
+        }
         let (down, fail_timeout, fails) = with_peer(hp.rrp.peers, peer, |p| {
             (is_marked_down(p), p.fail_timeout, p.fails)
         });
@@ -345,6 +366,23 @@ unsafe fn with_peer<T>(
         let _peers_lock = PeersLock::read(peers);
         let _peer_lock = PeerLock::new(peers, peer);
         f(&*peer)
+    }
+}
+
+/// Runs `f` on `peer`, to change it, under the round-robin locks.
+///
+/// # Safety
+/// `peer` must belong to `peers`.
+unsafe fn with_peer_mut<T>(
+    peers: *mut ngx_http_upstream_rr_peers_t,
+    peer: *mut ngx_http_upstream_rr_peer_t,
+    f: impl FnOnce(&mut ngx_http_upstream_rr_peer_t) -> T,
+) -> T {
+    // SAFETY: per the contract above.
+    unsafe {
+        let _peers_lock = PeersLock::read(peers);
+        let _peer_lock = PeerLock::new(peers, peer);
+        f(&mut *peer)
     }
 }
 
