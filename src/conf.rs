@@ -29,6 +29,8 @@ const DEFAULT_SEND_TIMEOUT: ngx_msec_t = 200;
 const DEFAULT_READ_TIMEOUT: ngx_msec_t = 500;
 const DEFAULT_KEEPALIVE: ngx_int_t = 64;
 const DEFAULT_MAX_SIZE: usize = 4 * 1024 * 1024;
+const DEFAULT_STORE_MAX_SIZE: usize = 1024 * 1024;
+const DEFAULT_STORE_TTL: time_t = 300;
 const DEFAULT_METHODS: ngx_uint_t = (NGX_HTTP_GET | NGX_HTTP_HEAD) as ngx_uint_t;
 
 /// First read from memcached: large enough that a typical page (header line,
@@ -60,9 +62,32 @@ pub struct LocConf {
     pub target: *mut Target,
     /// `rcache_front`; NULL means off.
     pub front: *mut FrontConf,
+    /// `rcache_store`.
+    pub store: ngx_flag_t,
+    /// `rcache_store_statuses`, as `u16`s; NULL means 200.
+    pub store_statuses: *mut ngx_array_t,
+    /// `rcache_store_max_size`.
+    pub store_max_size: usize,
+    /// `rcache_store_ttl`, seconds.
+    pub store_ttl: time_t,
+    /// `rcache_store_bypass` predicates; NULL means none.
+    pub store_bypass: *mut ngx_array_t,
+    /// `rcache_store_args`.
+    pub store_args: ngx_flag_t,
+    /// `rcache_purge`.
+    pub purge: ngx_flag_t,
 }
 
 impl LocConf {
+    /// `rcache_store_statuses` (default 200).
+    pub fn store_statuses(&self) -> &[u16] {
+        if self.store_statuses.is_null() {
+            return &[200];
+        }
+        // SAFETY: an ngx_array_t of u16 built by set_store_statuses.
+        unsafe { (*self.store_statuses).as_slice::<u16>() }
+    }
+
     /// Flag bits of values that are gzip bytes (0: none).
     pub fn gzip_mask(&self) -> u32 {
         // Bounded to u32 at configuration time.
@@ -98,6 +123,9 @@ pub struct MainConf {
     /// Indexes of `$rcache_status` and `$rcache_front` in `r->variables`.
     pub status_index: ngx_int_t,
     pub front_index: ngx_int_t,
+    pub store_index: ngx_int_t,
+    /// Some location has `rcache_store on`: the capture filters are needed.
+    pub store_used: bool,
     /// Named-location fallbacks to verify once every server's named
     /// locations are known, as `NamedFallback`.
     pub named_fallbacks: *mut ngx_array_t,
@@ -127,6 +155,7 @@ pub unsafe extern "C" fn create_main_conf(cf: *mut ngx_conf_t) -> *mut c_void {
         }
         (*mcf).status_index = UNSET;
         (*mcf).front_index = UNSET;
+        (*mcf).store_index = UNSET;
         mcf.cast()
     }
 }
@@ -168,6 +197,13 @@ pub unsafe extern "C" fn create_loc_conf(cf: *mut ngx_conf_t) -> *mut c_void {
         c.max_size = UNSET_SIZE;
         c.gzip_flag = UNSET;
         c.front = UNSET_PTR.cast();
+        c.store = UNSET;
+        c.store_statuses = UNSET_PTR.cast();
+        c.store_max_size = UNSET_SIZE;
+        c.store_ttl = UNSET as time_t;
+        c.store_bypass = UNSET_PTR.cast();
+        c.store_args = UNSET;
+        c.purge = UNSET;
         conf.cast()
     }
 }
@@ -225,10 +261,37 @@ pub unsafe extern "C" fn merge_loc_conf(
     }
     merge_int(&mut conf.gzip_flag, prev.gzip_flag, 0);
     merge_ptr(&mut conf.front, prev.front);
+    merge_int(&mut conf.store, prev.store, 0);
+    merge_ptr(&mut conf.store_statuses, prev.store_statuses);
+    if conf.store_max_size == UNSET_SIZE {
+        conf.store_max_size = if prev.store_max_size == UNSET_SIZE {
+            DEFAULT_STORE_MAX_SIZE
+        } else {
+            prev.store_max_size
+        };
+    }
+    if conf.store_ttl == UNSET as time_t {
+        conf.store_ttl = if prev.store_ttl == UNSET as time_t {
+            DEFAULT_STORE_TTL
+        } else {
+            prev.store_ttl
+        };
+    }
+    merge_ptr(&mut conf.store_bypass, prev.store_bypass);
+    merge_int(&mut conf.store_args, prev.store_args, 0);
+    merge_int(&mut conf.purge, prev.purge, 0);
 
     // SAFETY: nginx merges with cf->ctx set to the server being merged.
     if !conf.upstream.upstream.is_null() && !unsafe { remember_named_fallback(cf, conf) } {
         return NGX_CONF_ERROR;
+    }
+    if conf.store == 1 && !conf.upstream.upstream.is_null() {
+        // SAFETY: as above; our main conf.
+        unsafe {
+            let ctx = (*cf).ctx as *mut ngx_http_conf_ctx_t;
+            let mcf = *(*ctx).main_conf.add(crate::module().ctx_index) as *mut MainConf;
+            (*mcf).store_used = true;
+        }
     }
     NGX_CONF_OK
 }
@@ -534,6 +597,62 @@ unsafe extern "C" fn set_methods(
     }
 }
 
+/// `rcache_store_statuses CODE ...;`
+unsafe extern "C" fn set_store_statuses(
+    cf: *mut ngx_conf_t,
+    _cmd: *mut ngx_command_t,
+    conf: *mut c_void,
+) -> *mut c_char {
+    // SAFETY: conf is this module's LocConf; cf is valid while parsing.
+    unsafe {
+        let lcf = &mut *(conf as *mut LocConf);
+        if lcf.store_statuses != UNSET_PTR.cast() {
+            return c"is duplicate".as_ptr().cast_mut();
+        }
+        let args = &args(cf)[1..];
+        let list = ngx_array_create((*cf).pool, args.len(), size_of::<u16>());
+        if list.is_null() {
+            return NGX_CONF_ERROR;
+        }
+        for arg in args {
+            let code = ngx_atoi(arg.data, arg.len);
+            if !(200..=599).contains(&code) {
+                ngx_conf_log_error!(
+                    NGX_LOG_EMERG,
+                    cf,
+                    "invalid status \"{}\" in the \"rcache_store_statuses\" directive",
+                    arg
+                );
+                return NGX_CONF_ERROR;
+            }
+            let slot = ngx_array_push(list) as *mut u16;
+            if slot.is_null() {
+                return NGX_CONF_ERROR;
+            }
+            *slot = code as u16;
+        }
+        lcf.store_statuses = list;
+        NGX_CONF_OK
+    }
+}
+
+/// `rcache_purge;`
+unsafe extern "C" fn set_purge(
+    _cf: *mut ngx_conf_t,
+    _cmd: *mut ngx_command_t,
+    conf: *mut c_void,
+) -> *mut c_char {
+    // SAFETY: conf is this module's LocConf.
+    unsafe {
+        let lcf = &mut *(conf as *mut LocConf);
+        if lcf.purge != UNSET {
+            return c"is duplicate".as_ptr().cast_mut();
+        }
+        lcf.purge = 1;
+    }
+    NGX_CONF_OK
+}
+
 /// `rcache_gzip_flag` must fit memcached's 32-bit flags. (nginx's own bounds
 /// check would not name the directive in its message.)
 unsafe extern "C" fn check_gzip_flag(
@@ -594,7 +713,7 @@ const fn command(
 }
 
 /// The module's directives.
-pub static mut COMMANDS: [ngx_command_t; 15] = [
+pub static mut COMMANDS: [ngx_command_t; 22] = [
     command(
         ngx_string!("rcache_pass"),
         NGX_HTTP_LOC_CONF | NGX_HTTP_LIF_CONF | NGX_CONF_TAKE1,
@@ -671,6 +790,55 @@ pub static mut COMMANDS: [ngx_command_t; 15] = [
         ngx_conf_set_num_slot,
         offset_of!(LocConf, gzip_flag),
         ptr::addr_of_mut!(GZIP_FLAG_POST).cast(),
+    ),
+    command(
+        ngx_string!("rcache_store"),
+        ANY | NGX_CONF_FLAG,
+        ngx_conf_set_flag_slot,
+        offset_of!(LocConf, store),
+        ptr::null_mut(),
+    ),
+    command(
+        ngx_string!("rcache_store_statuses"),
+        ANY | NGX_CONF_1MORE,
+        set_store_statuses,
+        0,
+        ptr::null_mut(),
+    ),
+    command(
+        ngx_string!("rcache_store_max_size"),
+        ANY | NGX_CONF_TAKE1,
+        ngx_conf_set_size_slot,
+        offset_of!(LocConf, store_max_size),
+        ptr::null_mut(),
+    ),
+    command(
+        ngx_string!("rcache_store_ttl"),
+        ANY | NGX_CONF_TAKE1,
+        ngx_conf_set_sec_slot,
+        offset_of!(LocConf, store_ttl),
+        ptr::null_mut(),
+    ),
+    command(
+        ngx_string!("rcache_store_bypass"),
+        ANY | NGX_CONF_1MORE,
+        ngx_http_set_predicate_slot,
+        offset_of!(LocConf, store_bypass),
+        ptr::null_mut(),
+    ),
+    command(
+        ngx_string!("rcache_store_args"),
+        ANY | NGX_CONF_FLAG,
+        ngx_conf_set_flag_slot,
+        offset_of!(LocConf, store_args),
+        ptr::null_mut(),
+    ),
+    command(
+        ngx_string!("rcache_purge"),
+        NGX_HTTP_LOC_CONF | NGX_CONF_NOARGS,
+        set_purge,
+        0,
+        ptr::null_mut(),
     ),
     ngx_command_t {
         name: ngx_string!("rcache_front_zone"),

@@ -421,6 +421,22 @@ pub unsafe fn lookup<'a>(
     }
 }
 
+/// Drops the page under `key`, if the zone has it (a purge).
+///
+/// # Safety
+/// `zone` must be a front zone.
+pub unsafe fn remove(zone: *mut ngx_shm_zone_t, key: &[u8]) {
+    // SAFETY: entries are unlinked under the zone's mutex.
+    unsafe {
+        if let Some(mut z) = Locked::new(zone) {
+            let e = z.find(key);
+            if !e.is_null() {
+                z.remove(e);
+            }
+        }
+    }
+}
+
 /// Keeps `value` (fetched from memcached now) under `key` for `ttl`, replacing what was
 /// there. Values over `max_item`, or too large for the zone, are not kept.
 ///

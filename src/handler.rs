@@ -12,6 +12,7 @@ use ngx::{ngx_log_error, ngx_string};
 
 use crate::front;
 use crate::key::{self, MAX_KEY_LEN};
+use crate::store::page::{self, STORED_FLAG};
 use crate::upstream::{self, Failure};
 use crate::variables::{self, CacheStatus, FrontStatus};
 
@@ -47,9 +48,10 @@ impl Verdict {
 }
 
 /// Flags of values that are pages: 0 or 16 (raw bytes / UTF-8 text as
-/// pymemcache and pylibmc store `bytes` and `str`), plus the gzip bits.
+/// pymemcache and pylibmc store `bytes` and `str`), plus the gzip bits; or a
+/// page rcache stored itself (`STORED_FLAG`).
 pub fn page_flags(flags: u32, gzip_mask: u32) -> bool {
-    matches!(flags & !gzip_mask, 0 | 16)
+    flags == STORED_FLAG || matches!(flags & !gzip_mask, 0 | 16)
 }
 
 /// The location handler installed by `rcache_pass`.
@@ -58,6 +60,9 @@ pub unsafe extern "C" fn content_handler(r: *mut ngx_http_request_t) -> ngx_int_
     unsafe {
         let lcf = crate::loc_conf(r);
 
+        if lcf.purge != 0 && (*r).method_name.as_bytes() == b"PURGE" {
+            return purge(r);
+        }
         if (*r).method & lcf.methods == 0 {
             return fall_back(r, Verdict::Bypass);
         }
@@ -71,19 +76,127 @@ pub unsafe extern "C" fn content_handler(r: *mut ngx_http_request_t) -> ngx_int_
             }
         }
 
+        let key = match memcached_key(r, false) {
+            Ok(key) => key,
+            Err(KeyError::Unusable) => return fall_back(r, Verdict::Miss),
+            Err(KeyError::Internal) => return NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t,
+        };
+        if let Some(fc) = lcf.front.as_ref() {
+            if let Some(page) = front::lookup(fc.zone, key, (*r).pool) {
+                variables::set_front(r, FrontStatus::Hit);
+                return serve_hit(r, page.value, page.flags);
+            }
+            variables::set_front(r, FrontStatus::Miss);
+        }
+        upstream::start(r)
+    }
+}
+
+/// `PURGE` in a location with `rcache_purge`: deletes the page's key from memcached
+/// (and the front cache) — 200 if it was there, 404 if not.
+///
+/// # Safety
+/// `r` must be a request in its content phase.
+unsafe fn purge(r: *mut ngx_http_request_t) -> ngx_int_t {
+    // SAFETY: forwarded contract.
+    unsafe {
+        variables::set_status(r, CacheStatus::Purge);
+        let key = match memcached_key(r, true) {
+            Ok(key) => key,
+            Err(KeyError::Unusable) => return NGX_HTTP_NOT_FOUND as ngx_int_t,
+            Err(KeyError::Internal) => return NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t,
+        };
+        if let Some(fc) = crate::loc_conf(r).front.as_ref() {
+            front::remove(fc.zone, key);
+        }
+        upstream::start(r)
+    }
+}
+
+/// Answers a purge: what memcached said, or why it could not be asked.
+///
+/// # Safety
+/// `r` must be a live purge request whose response has not started.
+pub unsafe fn answer_purge(r: *mut ngx_http_request_t, result: Result<bool, Failure>) -> ngx_int_t {
+    // SAFETY: forwarded contract.
+    unsafe {
+        let rc = ngx_http_discard_request_body(r);
+        if rc != NGX_OK as ngx_int_t {
+            return rc;
+        }
+        match result {
+            Ok(true) => send_text(r, NGX_HTTP_OK, b"purged\n"),
+            Ok(false) => NGX_HTTP_NOT_FOUND as ngx_int_t,
+            Err(failure) => failure.status(),
+        }
+    }
+}
+
+/// Sends a short `text/plain` answer.
+///
+/// # Safety
+/// `r` must be a live request whose response has not started.
+unsafe fn send_text(r: *mut ngx_http_request_t, status: u32, body: &'static [u8]) -> ngx_int_t {
+    // SAFETY: the body is static; the buffer comes from r's pool.
+    unsafe {
+        let out = &mut (*r).headers_out;
+        out.status = status as ngx_uint_t;
+        out.content_length_n = body.len() as off_t;
+        out.content_type = ngx_string!("text/plain");
+        out.content_type_len = out.content_type.len;
+        let rc = ngx_http_send_header(r);
+        if rc == NGX_ERROR as ngx_int_t || rc > NGX_OK as ngx_int_t || (*r).header_only() != 0 {
+            return rc;
+        }
+        let b = ngx_pcalloc((*r).pool, size_of::<ngx_buf_t>()) as *mut ngx_buf_t;
+        if b.is_null() {
+            return NGX_ERROR as ngx_int_t;
+        }
+        (*b).start = body.as_ptr().cast_mut();
+        (*b).pos = (*b).start;
+        (*b).last = (*b).start.add(body.len());
+        (*b).end = (*b).last;
+        (*b).set_memory(1);
+        (*b).set_last_buf(1);
+        (*b).set_last_in_chain(1);
+        let mut chain = ngx_chain_t {
+            buf: b,
+            next: ptr::null_mut(),
+        };
+        ngx_http_output_filter(r, &mut chain)
+    }
+}
+
+/// Why a request has no memcached key.
+enum KeyError {
+    /// Empty, or over 250 bytes once escaped (logged).
+    Unusable,
+    /// Evaluation or allocation failed.
+    Internal,
+}
+
+/// Computes the request's memcached key (`rcache_key`, escaped) and prepares the
+/// `get` (`delete` to `purge`). Returns the escaped key.
+///
+/// # Safety
+/// `r` must be a request in its content phase.
+unsafe fn memcached_key<'a>(r: *mut ngx_http_request_t, purge: bool) -> Result<&'a [u8], KeyError> {
+    // SAFETY: forwarded contract; the key lives in r->pool.
+    unsafe {
+        let lcf = crate::loc_conf(r);
         let raw: &[u8] = if lcf.key.is_null() {
             (*r).uri.as_bytes()
         } else {
             let mut value = ngx_str_t::empty();
             if ngx_http_complex_value(r, lcf.key, &mut value) != NGX_OK as ngx_int_t {
-                return NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t;
+                return Err(KeyError::Internal);
             }
             pool_bytes(&value)
         };
         let log = (*(*r).connection).log;
         if raw.is_empty() {
             ngx_log_error!(NGX_LOG_INFO, log, "rcache: the key is empty: MISS");
-            return fall_back(r, Verdict::Miss);
+            return Err(KeyError::Unusable);
         }
         let escaped_len = key::escaped_len(raw);
         if escaped_len > MAX_KEY_LEN {
@@ -94,20 +207,9 @@ pub unsafe extern "C" fn content_handler(r: *mut ngx_http_request_t) -> ngx_int_
                 escaped_len,
                 MAX_KEY_LEN
             );
-            return fall_back(r, Verdict::Miss);
+            return Err(KeyError::Unusable);
         }
-
-        let Some(key) = upstream::prepare(r, raw, escaped_len) else {
-            return NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t;
-        };
-        if let Some(fc) = lcf.front.as_ref() {
-            if let Some(page) = front::lookup(fc.zone, key, (*r).pool) {
-                variables::set_front(r, FrontStatus::Hit);
-                return serve_hit(r, page.value, page.flags);
-            }
-            variables::set_front(r, FrontStatus::Miss);
-        }
-        upstream::start(r)
+        upstream::prepare(r, raw, escaped_len, purge).ok_or(KeyError::Internal)
     }
 }
 
@@ -125,29 +227,43 @@ pub unsafe fn serve_hit(r: *mut ngx_http_request_t, value: &[u8], flags: u32) ->
             return rc;
         }
 
-        let mut body = value;
-        if flags & lcf.gzip_mask() != 0 {
-            if accepts_gzip(r) {
-                if !add_header(
-                    r,
-                    ngx_string!("Content-Encoding"),
-                    ngx_string!("gzip"),
-                    true,
-                ) {
+        // A page rcache stored carries its headers; any other value is raw bytes.
+        let (mut body, gzipped) = if flags & STORED_FLAG != 0 {
+            let Some(page) = page::decode(value) else {
+                ngx_log_error!(
+                    NGX_LOG_ERR,
+                    (*(*r).connection).log,
+                    "rcache: a value with flag {} is not in rcache's stored form: MISS",
+                    STORED_FLAG
+                );
+                return fall_back(r, Verdict::Miss);
+            };
+            let mut gzipped = false;
+            for &(name, value) in &page.headers {
+                if name == "Content-Encoding" {
+                    gzipped = value.eq_ignore_ascii_case(b"gzip");
+                } else if !set_stored_header(r, name, value) {
                     return NGX_ERROR as ngx_int_t;
                 }
+            }
+            (page.body, gzipped)
+        } else {
+            (value, flags & lcf.gzip_mask() != 0)
+        };
+        if gzipped {
+            if accepts_gzip(r) {
+                let Some(h) = add_header(r, ngx_string!("Content-Encoding"), ngx_string!("gzip"))
+                else {
+                    return NGX_ERROR as ngx_int_t;
+                };
+                (*r).headers_out.content_encoding = h;
             } else {
-                match gunzip(r, value, lcf.max_size) {
+                match gunzip(r, body, lcf.max_size) {
                     Some(plain) => body = plain,
                     None => return fall_back(r, Verdict::Miss),
                 }
             }
-            if !add_header(
-                r,
-                ngx_string!("Vary"),
-                ngx_string!("Accept-Encoding"),
-                false,
-            ) {
+            if add_header(r, ngx_string!("Vary"), ngx_string!("Accept-Encoding")).is_none() {
                 return NGX_ERROR as ngx_int_t;
             }
         }
@@ -156,7 +272,7 @@ pub unsafe fn serve_hit(r: *mut ngx_http_request_t, value: &[u8], flags: u32) ->
         let h = &mut (*r).headers_out;
         h.status = NGX_HTTP_OK as ngx_uint_t;
         h.content_length_n = body.len() as off_t;
-        if ngx_http_set_content_type(r) != NGX_OK as ngx_int_t {
+        if h.content_type.len == 0 && ngx_http_set_content_type(r) != NGX_OK as ngx_int_t {
             return NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t;
         }
         (*r).set_allow_ranges(1);
@@ -294,28 +410,65 @@ unsafe fn gunzip<'a>(r: *mut ngx_http_request_t, gz: &[u8], limit: usize) -> Opt
 /// Adds a response header.
 ///
 /// # Safety
-/// `r` must be a live request.
+/// `r` must be a live request; `name` and `value` must outlive it.
 unsafe fn add_header(
     r: *mut ngx_http_request_t,
     name: ngx_str_t,
     value: ngx_str_t,
-    content_encoding: bool,
-) -> bool {
+) -> Option<*mut ngx_table_elt_t> {
     // SAFETY: the list element is zeroed (so `next`, where the nginx version
-    // has it, is NULL) and points at static strings.
+    // has it, is NULL) before it is filled.
     unsafe {
         let h = ngx_list_push(&mut (*r).headers_out.headers) as *mut ngx_table_elt_t;
         if h.is_null() {
-            return false;
+            return None;
         }
         ptr::write_bytes(h, 0, 1);
         (*h).hash = 1;
         (*h).key = name;
         (*h).value = value;
-        if content_encoding {
-            (*r).headers_out.content_encoding = h;
+        Some(h)
+    }
+}
+
+/// Restores a header of a page rcache stored (`value` lives in the request's pool).
+///
+/// # Safety
+/// `r` must be a live request whose headers have not been sent.
+unsafe fn set_stored_header(r: *mut ngx_http_request_t, name: &'static str, value: &[u8]) -> bool {
+    let value_str = ngx_str_t {
+        len: value.len(),
+        data: value.as_ptr().cast_mut(),
+    };
+    // SAFETY: per the contract above.
+    unsafe {
+        let out = &mut (*r).headers_out;
+        match name {
+            "Content-Type" => {
+                out.content_type = value_str;
+                out.content_type_len = value.iter().position(|&b| b == b';').unwrap_or(value.len());
+                out.content_type_lowcase = ptr::null_mut();
+                true
+            }
+            "Last-Modified" => {
+                // nginx writes it from the time, and answers If-Modified-Since with it.
+                out.last_modified_time = ngx_parse_http_time(value_str.data, value_str.len);
+                true
+            }
+            _ => {
+                let name = ngx_str_t {
+                    len: name.len(),
+                    data: name.as_ptr().cast_mut(),
+                };
+                let Some(h) = add_header(r, name, value_str) else {
+                    return false;
+                };
+                if name.as_bytes() == b"ETag" {
+                    (*r).headers_out.etag = h;
+                }
+                true
+            }
         }
-        true
     }
 }
 
@@ -342,6 +495,13 @@ mod tests {
         for other in [1, 2, 4, 8, 17, 32, 1 << 31, 3] {
             assert!(!page_flags(other, 0), "{other}");
         }
+    }
+
+    #[test]
+    fn pages_rcache_stored() {
+        assert!(page_flags(STORED_FLAG, 0));
+        assert!(!page_flags(STORED_FLAG | 1, 0));
+        assert!(!page_flags(STORED_FLAG | 2, 2));
     }
 
     #[test]

@@ -13,6 +13,7 @@
 //!   per-request peer handling, idle connection pool;
 //! * `balancer/` — `rcache_hash`: the server a key's writer chose;
 //! * `front.rs` — the shared-memory front cache;
+//! * `store/` — `rcache_store` (capture, policy, stored form, write) and purge;
 //! * `variables.rs` — `$rcache_status`, `$rcache_front`.
 
 use core::ffi::c_void;
@@ -29,6 +30,7 @@ mod key;
 mod peer;
 mod pool;
 mod protocol;
+mod store;
 mod target;
 mod upstream;
 mod variables;
@@ -73,12 +75,16 @@ unsafe extern "C" fn postconfiguration(cf: *mut ngx_conf_t) -> ngx_int_t {
     unsafe {
         let ctx = (*cf).ctx as *mut ngx_http_conf_ctx_t;
         let mcf = *(*ctx).main_conf.add(module().ctx_index) as *mut conf::MainConf;
-        let (status, front) = variables::indexes(cf);
-        if status == NGX_ERROR as ngx_int_t || front == NGX_ERROR as ngx_int_t {
+        let [status, front, store] = variables::indexes(cf);
+        if [status, front, store].contains(&(NGX_ERROR as ngx_int_t)) {
             return NGX_ERROR as ngx_int_t;
         }
         (*mcf).status_index = status;
         (*mcf).front_index = front;
+        (*mcf).store_index = store;
+        if (*mcf).store_used {
+            store::capture::install_filters();
+        }
         if !front::check_zones(cf) {
             return NGX_ERROR as ngx_int_t;
         }

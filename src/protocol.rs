@@ -20,11 +20,6 @@ pub const TRAILER: &[u8] = b"\r\nEND\r\n";
 /// `VALUE <250-byte key> <u32> <u64> <u64>\r\n` = 311 bytes.
 pub const MAX_LINE: usize = 512;
 
-/// Length of `get <key>\r\n`.
-pub fn get_request_len(key_len: usize) -> usize {
-    GET.len() + key_len + CRLF.len()
-}
-
 /// The header line of a `VALUE` reply.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ValueHeader {
@@ -197,6 +192,61 @@ fn parse_decimal(digits: &[u8]) -> Option<u64> {
     })
 }
 
+/// The one-line reply to a `set` or `delete`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LineReply {
+    /// `STORED`
+    Stored,
+    /// `NOT_STORED`
+    NotStored,
+    /// `DELETED`
+    Deleted,
+    /// `NOT_FOUND`
+    NotFound,
+}
+
+/// Parses the reply to a `set` or `delete`: `None` until the line is complete.
+pub fn parse_line_reply(buf: &[u8]) -> Result<Option<LineReply>, ProtocolError> {
+    let Some(lf) = buf.iter().take(MAX_LINE).position(|&b| b == b'\n') else {
+        if buf.len() >= MAX_LINE {
+            return Err(ProtocolError::LineTooLong);
+        }
+        return Ok(None);
+    };
+    let Some(line) = buf[..lf].strip_suffix(b"\r") else {
+        return Err(ProtocolError::Malformed(printable(&buf[..lf])));
+    };
+    if buf.len() > lf + 1 {
+        return Err(ProtocolError::TrailingData(buf.len() - lf - 1));
+    }
+    match line {
+        b"STORED" => Ok(Some(LineReply::Stored)),
+        b"NOT_STORED" => Ok(Some(LineReply::NotStored)),
+        b"DELETED" => Ok(Some(LineReply::Deleted)),
+        b"NOT_FOUND" => Ok(Some(LineReply::NotFound)),
+        _ if line == b"ERROR"
+            || line.starts_with(b"CLIENT_ERROR")
+            || line.starts_with(b"SERVER_ERROR") =>
+        {
+            Err(ProtocolError::ErrorReply(printable(line)))
+        }
+        _ => Err(ProtocolError::Malformed(printable(line))),
+    }
+}
+
+/// `set <key> <flags> <exptime> <bytes>\r\n` for a value of `len` bytes (the value
+/// and its `\r\n` follow).
+pub fn set_command(key: &[u8], flags: u32, exptime: u64, len: usize) -> Vec<u8> {
+    let mut cmd = Vec::with_capacity(key.len() + 48);
+    cmd.extend_from_slice(b"set ");
+    cmd.extend_from_slice(key);
+    cmd.extend_from_slice(format!(" {flags} {exptime} {len}\r\n").as_bytes());
+    cmd
+}
+
+/// `delete ` — the command prefix of a purge.
+pub const DELETE: &[u8] = b"delete ";
+
 /// A log-safe rendering of a protocol line: at most 128 bytes, non-printable
 /// bytes as `\xNN`.
 fn printable(bytes: &[u8]) -> String {
@@ -230,11 +280,6 @@ mod tests {
         r.extend_from_slice(value);
         r.extend_from_slice(TRAILER);
         r
-    }
-
-    #[test]
-    fn get_request_length() {
-        assert_eq!(get_request_len(KEY.len()), b"get /about/\r\n".len());
     }
 
     #[test]
@@ -442,6 +487,48 @@ mod tests {
             parse_reply(line.as_bytes(), &key),
             Err(ProtocolError::LineTooLong)
         ));
+    }
+
+    #[test]
+    fn one_line_replies() {
+        assert_eq!(parse_line_reply(b"STORED\r\n"), Ok(Some(LineReply::Stored)));
+        assert_eq!(
+            parse_line_reply(b"NOT_STORED\r\n"),
+            Ok(Some(LineReply::NotStored))
+        );
+        assert_eq!(
+            parse_line_reply(b"DELETED\r\n"),
+            Ok(Some(LineReply::Deleted))
+        );
+        assert_eq!(
+            parse_line_reply(b"NOT_FOUND\r\n"),
+            Ok(Some(LineReply::NotFound))
+        );
+        for cut in 0..b"STORED\r\n".len() {
+            assert_eq!(
+                parse_line_reply(&b"STORED\r\n"[..cut]),
+                Ok(None),
+                "cut {cut}"
+            );
+        }
+        assert!(matches!(
+            parse_line_reply(b"SERVER_ERROR out of memory storing object\r\n"),
+            Err(ProtocolError::ErrorReply(_))
+        ));
+        assert!(matches!(
+            parse_line_reply(b"STORED\r\nX"),
+            Err(ProtocolError::TrailingData(1))
+        ));
+        assert!(parse_line_reply(b"VALUE x 0 1\r\n").is_err());
+        assert!(parse_line_reply(b"STORED\n").is_err());
+    }
+
+    #[test]
+    fn set_command_line() {
+        assert_eq!(
+            set_command(b"/p", 16777216, 300, 5),
+            b"set /p 16777216 300 5\r\n"
+        );
     }
 
     #[test]

@@ -21,7 +21,7 @@ use ngx::ffi::*;
 use ngx::{ngx_log_error, ngx_string};
 
 use crate::handler::{self, Verdict};
-use crate::protocol::{self, Parsed, ValueHeader};
+use crate::protocol::{self, LineReply, Parsed, ValueHeader};
 
 /// Why memcached could not be used for a request.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -55,6 +55,8 @@ struct Lookup {
     /// The escaped key, inside `request`.
     key: *const u8,
     key_len: usize,
+    /// `delete` (a `PURGE` request) rather than `get`.
+    purge: bool,
 }
 
 impl Lookup {
@@ -65,8 +67,8 @@ impl Lookup {
 }
 
 /// Prepares the lookup of `raw_key` (unescaped; `escaped_len` bytes once
-/// escaped, at most 250): builds `get <key>\r\n` and keeps it in the request's
-/// context. Returns the escaped key.
+/// escaped, at most 250): builds `get <key>\r\n` (`delete <key>\r\n` to purge)
+/// and keeps it in the request's context. Returns the escaped key.
 ///
 /// # Safety
 /// `r` must be the request in its content phase.
@@ -74,10 +76,11 @@ pub unsafe fn prepare<'a>(
     r: *mut ngx_http_request_t,
     raw_key: &[u8],
     escaped_len: usize,
+    purge: bool,
 ) -> Option<&'a [u8]> {
     // SAFETY: r is a live request; everything allocated comes from its pool.
     unsafe {
-        let lookup = build_request(r, raw_key, escaped_len)?;
+        let lookup = build_request(r, raw_key, escaped_len, purge)?;
         *(*r).ctx.add(crate::module().ctx_index) = lookup.cast();
         Some((*lookup).key())
     }
@@ -140,7 +143,8 @@ unsafe fn has_body(r: *const ngx_http_request_t) -> bool {
     }
 }
 
-/// Builds `get <key>\r\n` in one buffer and the lookup state pointing at it.
+/// Builds `get <key>\r\n` (or `delete <key>\r\n`) in one buffer and the lookup
+/// state pointing at it.
 ///
 /// # Safety
 /// `r` must be a live request.
@@ -148,11 +152,17 @@ unsafe fn build_request(
     r: *mut ngx_http_request_t,
     raw_key: &[u8],
     escaped_len: usize,
+    purge: bool,
 ) -> Option<*mut Lookup> {
     // SAFETY: all memory comes from r->pool and is written before use.
     unsafe {
         let pool = (*r).pool;
-        let len = protocol::get_request_len(escaped_len);
+        let command = if purge {
+            protocol::DELETE
+        } else {
+            protocol::GET
+        };
+        let len = command.len() + escaped_len + protocol::CRLF.len();
         let b = ngx_create_temp_buf(pool, len);
         let cl = ngx_alloc_chain_link(pool);
         let lookup = ngx_palloc(pool, size_of::<Lookup>()) as *mut Lookup;
@@ -160,8 +170,8 @@ unsafe fn build_request(
             return None;
         }
         let out = slice::from_raw_parts_mut((*b).start, len);
-        let (get, rest) = out.split_at_mut(protocol::GET.len());
-        get.copy_from_slice(protocol::GET);
+        let (cmd, rest) = out.split_at_mut(command.len());
+        cmd.copy_from_slice(command);
         let (key, crlf) = rest.split_at_mut(escaped_len);
         crate::key::write_escaped(raw_key, key);
         crlf.copy_from_slice(protocol::CRLF);
@@ -173,8 +183,9 @@ unsafe fn build_request(
             lookup,
             Lookup {
                 request: cl,
-                key: (*b).start.add(protocol::GET.len()),
+                key: (*b).start.add(command.len()),
                 key_len: escaped_len,
+                purge,
             },
         );
         Some(lookup)
@@ -211,6 +222,9 @@ unsafe extern "C" fn process_header(r: *mut ngx_http_request_t) -> ngx_int_t {
             return NGX_ERROR as ngx_int_t;
         };
         let u = &mut *(*r).upstream;
+        if lookup.purge {
+            return purge_reply(r, lookup);
+        }
         let received = slice::from_raw_parts(
             u.buffer.pos,
             u.buffer.last.offset_from(u.buffer.pos) as usize,
@@ -236,7 +250,7 @@ unsafe extern "C" fn process_header(r: *mut ngx_http_request_t) -> ngx_int_t {
             Ok(Parsed::Miss) => {
                 record_status(u, NGX_HTTP_NOT_FOUND);
                 u.set_keepalive(1);
-                take_over(r, Outcome::NotServed(Verdict::Miss))
+                take_over(r, Outcome::Absent)
             }
 
             Ok(Parsed::Hit(header)) => {
@@ -261,6 +275,59 @@ unsafe extern "C" fn process_header(r: *mut ngx_http_request_t) -> ngx_int_t {
                     String::from_utf8_lossy(lookup.key())
                 );
                 take_over(r, Outcome::NotServed(Verdict::Error(Failure::Protocol)))
+            }
+        }
+    }
+}
+
+/// The reply to a purge's `delete`.
+///
+/// # Safety
+/// `r` must be an rcache purge request in its upstream.
+unsafe fn purge_reply(r: *mut ngx_http_request_t, lookup: &Lookup) -> ngx_int_t {
+    // SAFETY: as process_header.
+    unsafe {
+        let u = &mut *(*r).upstream;
+        let received = slice::from_raw_parts(
+            u.buffer.pos,
+            u.buffer.last.offset_from(u.buffer.pos) as usize,
+        );
+        match protocol::parse_line_reply(received) {
+            Ok(None) => NGX_AGAIN as ngx_int_t,
+            Ok(Some(reply @ (LineReply::Deleted | LineReply::NotFound))) => {
+                u.set_keepalive(1);
+                let deleted = reply == LineReply::Deleted;
+                record_status(
+                    u,
+                    if deleted {
+                        NGX_HTTP_OK
+                    } else {
+                        NGX_HTTP_NOT_FOUND
+                    },
+                );
+                take_over(r, Outcome::Purged(Ok(deleted)))
+            }
+            Ok(Some(other)) => {
+                record_status(u, NGX_HTTP_BAD_GATEWAY);
+                ngx_log_error!(
+                    NGX_LOG_ERR,
+                    (*(*r).connection).log,
+                    "rcache: memcached answered {:?} to delete of key \"{}\"",
+                    other,
+                    String::from_utf8_lossy(lookup.key())
+                );
+                take_over(r, Outcome::Purged(Err(Failure::Protocol)))
+            }
+            Err(err) => {
+                record_status(u, NGX_HTTP_BAD_GATEWAY);
+                ngx_log_error!(
+                    NGX_LOG_ERR,
+                    (*(*r).connection).log,
+                    "rcache: {} for key \"{}\" while purging",
+                    err,
+                    String::from_utf8_lossy(lookup.key())
+                );
+                take_over(r, Outcome::Purged(Err(Failure::Protocol)))
             }
         }
     }
@@ -345,7 +412,11 @@ unsafe fn grow_buffer(r: *mut ngx_http_request_t, size: usize) -> bool {
 /// How a lookup ends.
 enum Outcome<'a> {
     Hit(&'a [u8], u32),
+    /// memcached has no value for the key: a MISS that `rcache_store` may fill.
+    Absent,
     NotServed(Verdict),
+    /// A purge: deleted or not there, or why memcached could not be asked.
+    Purged(Result<bool, Failure>),
 }
 
 /// Nothing could be looked up: no server left, or memcached failed.
@@ -356,7 +427,11 @@ enum Outcome<'a> {
 pub unsafe fn give_up(r: *mut ngx_http_request_t, failure: Failure) {
     // SAFETY: forwarded contract.
     unsafe {
-        take_over(r, Outcome::NotServed(Verdict::Error(failure)));
+        let outcome = match lookup(r) {
+            Some(l) if l.purge => Outcome::Purged(Err(failure)),
+            _ => Outcome::NotServed(Verdict::Error(failure)),
+        };
+        take_over(r, outcome);
     }
 }
 
@@ -385,7 +460,14 @@ unsafe fn take_over(r: *mut ngx_http_request_t, outcome: Outcome) -> ngx_int_t {
                 keep_in_front(r, value, flags);
                 handler::serve_hit(r, value, flags)
             }
+            Outcome::Absent => {
+                if let Some(l) = lookup(r) {
+                    crate::store::capture::prepare(r, l.key());
+                }
+                handler::fall_back(r, Verdict::Miss)
+            }
             Outcome::NotServed(verdict) => handler::fall_back(r, verdict),
+            Outcome::Purged(result) => handler::answer_purge(r, result),
         };
         ngx_http_finalize_request(r, rc);
     }

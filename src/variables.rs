@@ -1,5 +1,5 @@
-//! `$rcache_status` (HIT, MISS, BYPASS or ERROR) and `$rcache_front` (HIT or MISS in the
-//! front cache).
+//! `$rcache_status` (HIT, MISS, BYPASS, ERROR, PURGE), `$rcache_front` (HIT or MISS in
+//! the front cache) and `$rcache_store_status` (STORED, NOT_CACHEABLE, TOO_LARGE, FAILED).
 //!
 //! An internal redirect wipes module contexts (`r->ctx`) but not the
 //! request's variable values (`r->variables`), which is where `set $var`
@@ -7,6 +7,8 @@
 //! variables' indexes, when it decides them; the fallback location, `add_header`
 //! and `access_log` then read those stored values. For requests rcache never
 //! saw, the get handler reports "not found" (`-` in logs).
+
+use core::ptr;
 
 use ngx::ffi::*;
 use ngx::ngx_string;
@@ -18,6 +20,8 @@ pub enum CacheStatus {
     Miss,
     Bypass,
     Error,
+    /// A `PURGE` request (`rcache_purge`).
+    Purge,
 }
 
 impl CacheStatus {
@@ -27,6 +31,7 @@ impl CacheStatus {
             CacheStatus::Miss => b"MISS",
             CacheStatus::Bypass => b"BYPASS",
             CacheStatus::Error => b"ERROR",
+            CacheStatus::Purge => b"PURGE",
         }
     }
 }
@@ -47,12 +52,36 @@ impl FrontStatus {
     }
 }
 
+/// What became of a MISS's page (where `rcache_store` is on).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StoreStatus {
+    Stored,
+    NotCacheable,
+    TooLarge,
+    Failed,
+}
+
+impl StoreStatus {
+    pub fn as_bytes(self) -> &'static [u8] {
+        match self {
+            StoreStatus::Stored => b"STORED",
+            StoreStatus::NotCacheable => b"NOT_CACHEABLE",
+            StoreStatus::TooLarge => b"TOO_LARGE",
+            StoreStatus::Failed => b"FAILED",
+        }
+    }
+}
+
 /// Preconfiguration: declares the variables.
 ///
 /// # Safety
 /// `cf` must be valid during configuration.
 pub unsafe extern "C" fn add(cf: *mut ngx_conf_t) -> ngx_int_t {
-    for mut name in [ngx_string!("rcache_status"), ngx_string!("rcache_front")] {
+    for mut name in [
+        ngx_string!("rcache_status"),
+        ngx_string!("rcache_front"),
+        ngx_string!("rcache_store_status"),
+    ] {
         // SAFETY: cf is valid during configuration.
         unsafe {
             let v = ngx_http_add_variable(cf, &mut name, 0);
@@ -65,21 +94,19 @@ pub unsafe extern "C" fn add(cf: *mut ngx_conf_t) -> ngx_int_t {
     NGX_OK as ngx_int_t
 }
 
-/// Postconfiguration: the indexes rcache writes `$rcache_status` and
-/// `$rcache_front` under.
+/// Postconfiguration: the indexes rcache writes `$rcache_status`,
+/// `$rcache_front` and `$rcache_store_status` under.
 ///
 /// # Safety
 /// `cf` must be valid during configuration.
-pub unsafe fn indexes(cf: *mut ngx_conf_t) -> (ngx_int_t, ngx_int_t) {
-    let mut status = ngx_string!("rcache_status");
-    let mut front = ngx_string!("rcache_front");
+pub unsafe fn indexes(cf: *mut ngx_conf_t) -> [ngx_int_t; 3] {
+    let names = [
+        ngx_string!("rcache_status"),
+        ngx_string!("rcache_front"),
+        ngx_string!("rcache_store_status"),
+    ];
     // SAFETY: cf is valid during configuration.
-    unsafe {
-        (
-            ngx_http_get_variable_index(cf, &mut status),
-            ngx_http_get_variable_index(cf, &mut front),
-        )
-    }
+    names.map(|mut name| unsafe { ngx_http_get_variable_index(cf, &mut name) })
 }
 
 /// Get handler for requests rcache has not decided on.
@@ -109,6 +136,31 @@ pub unsafe fn set_status(r: *mut ngx_http_request_t, status: CacheStatus) {
 pub unsafe fn set_front(r: *mut ngx_http_request_t, status: FrontStatus) {
     // SAFETY: forwarded contract.
     unsafe { store(r, (*crate::main_conf(r)).front_index, status.as_bytes()) }
+}
+
+/// Records what became of `r`'s page.
+///
+/// # Safety
+/// `r` must be a live request.
+pub unsafe fn set_store(r: *mut ngx_http_request_t, status: StoreStatus) {
+    // SAFETY: forwarded contract.
+    unsafe { store(r, (*crate::main_conf(r)).store_index, status.as_bytes()) }
+}
+
+/// Whether rcache recorded a MISS for `r` (a cheap test for the store filters).
+///
+/// # Safety
+/// `r` must be a live request.
+pub unsafe fn status_is_miss(r: *mut ngx_http_request_t) -> bool {
+    // SAFETY: r->variables has one slot per declared variable.
+    unsafe {
+        let index = (*crate::main_conf(r)).status_index;
+        if index < 0 {
+            return false;
+        }
+        let v = &*(*r).variables.add(index as usize);
+        v.valid() != 0 && ptr::eq(v.data, CacheStatus::Miss.as_bytes().as_ptr())
+    }
 }
 
 /// # Safety

@@ -323,6 +323,52 @@ unsafe extern "C" fn free_peer(
     }
 }
 
+/// Where a store of `key` goes (`rcache_store`), outside any request's balancing.
+pub struct StorePeer {
+    pub sockaddr: *mut sockaddr,
+    pub socklen: socklen_t,
+    pub name: *mut ngx_str_t,
+}
+
+/// The server to store `key` on: with `rcache_hash`, the key's home (the server lookups
+/// ask); otherwise the first server of the upstream. `None` when that server is down.
+///
+/// # Safety
+/// `uscf` must be an upstream rcache passes to, in a worker.
+pub unsafe fn store_peer(uscf: *mut ngx_http_upstream_srv_conf_t, key: &[u8]) -> Option<StorePeer> {
+    // SAFETY: every balancer rcache composes with keeps nginx's round-robin peers in
+    // peer.data; they are locked as the round-robin code locks them.
+    unsafe {
+        let peers = (*uscf).peer.data as *mut ngx_http_upstream_rr_peers_t;
+        if peers.is_null() {
+            return None;
+        }
+        let hcf = if (*uscf).srv_conf.is_null() {
+            None
+        } else {
+            (*(*(*uscf).srv_conf.add(crate::module().ctx_index) as *const HashConf))
+                .ring
+                .as_ref()
+        };
+        let index = match hcf {
+            Some(ring) => ring.pick(key)?,
+            None => 0,
+        };
+        let _peers_lock = PeersLock::read(peers);
+        let peer = nth_peer(peers, index)?;
+        let _peer_lock = PeerLock::new(peers, peer);
+        let p = &mut *peer;
+        if p.down != 0 || recently_failed(p, ngx_time()) {
+            return None;
+        }
+        Some(StorePeer {
+            sockaddr: p.sockaddr,
+            socklen: p.socklen,
+            name: &mut p.name,
+        })
+    }
+}
+
 fn is_marked_down(p: &ngx_http_upstream_rr_peer_t) -> bool {
     p.max_fails != 0 && p.fails >= p.max_fails
 }

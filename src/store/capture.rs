@@ -1,0 +1,387 @@
+//! Copying the fallback's response on its way to the client.
+//!
+//! At a MISS (memcached has no value for the key) in a location with `rcache_store on`,
+//! rcache leaves a store state on the request — in its pool, so that it survives the
+//! internal redirect to the fallback and is freed with the request. rcache's header filter
+//! then decides from the response headers whether the page is cacheable; if so its body
+//! filter copies the body as it passes (at most `rcache_store_max_size`), and when the last
+//! buffer has gone by, the page is handed to the store client (`client.rs`). The client
+//! gets every byte at the app's speed: nothing is held back or reordered.
+
+use core::ffi::c_void;
+use core::{ptr, slice};
+
+use ngx::ffi::*;
+use ngx::log::DebugMask;
+use ngx::ngx_log_debug;
+
+use super::page;
+use super::policy::{self, Reason};
+use crate::conf::LocConf;
+use crate::variables::{self, StoreStatus};
+
+/// A page being captured for memcached.
+pub struct StoreState {
+    /// The configuration of the rcache location (not of the fallback's).
+    pub lcf: *const LocConf,
+    /// The escaped memcached key, in the request's pool.
+    key: *const u8,
+    key_len: usize,
+    phase: Phase,
+    pub ttl: u32,
+    pub headers: Vec<(&'static str, Vec<u8>)>,
+    pub body: Vec<u8>,
+    /// The write in flight, if any: told when the request goes away.
+    pub job: *mut super::client::Job,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Waiting for the fallback's response headers.
+    Headers,
+    /// Copying the body.
+    Body,
+    /// Decided: stored, not cacheable, too large.
+    Done,
+}
+
+impl StoreState {
+    pub fn key(&self) -> &[u8] {
+        // SAFETY: the key lives in the request's pool, as this state does.
+        unsafe { slice::from_raw_parts(self.key, self.key_len) }
+    }
+}
+
+/// At a MISS: starts capturing if `rcache_store` is on and the request may be stored.
+///
+/// # Safety
+/// `r` must be the request in the rcache location, before the redirect to the fallback;
+/// `key` must live in its pool.
+pub unsafe fn prepare(r: *mut ngx_http_request_t, key: &[u8]) {
+    // SAFETY: per the contract above.
+    unsafe {
+        let lcf = crate::loc_conf(r);
+        if lcf.store != 1 || !ptr::eq(r, (*r).main) {
+            return;
+        }
+        let refused = if (*r).method != NGX_HTTP_GET as ngx_uint_t {
+            Some(Reason::Method)
+        } else if lcf.store_args == 0 && (*r).args.len > 0 {
+            Some(Reason::QueryString)
+        } else if !lcf.store_bypass.is_null()
+            && ngx_http_test_predicates(r, lcf.store_bypass) != NGX_OK as ngx_int_t
+        {
+            Some(Reason::Bypass)
+        } else {
+            None
+        };
+        if let Some(reason) = refused {
+            ngx_log_debug!(mask: DebugMask::Http, (*(*r).connection).log, "rcache: not stored: {}", reason);
+            variables::set_store(r, StoreStatus::NotCacheable);
+            return;
+        }
+
+        let cln = ngx_pool_cleanup_add((*r).pool, size_of::<StoreState>());
+        if cln.is_null() {
+            return;
+        }
+        let state = (*cln).data as *mut StoreState;
+        ptr::write(
+            state,
+            StoreState {
+                lcf,
+                key: key.as_ptr(),
+                key_len: key.len(),
+                phase: Phase::Headers,
+                ttl: 0,
+                headers: Vec::new(),
+                body: Vec::new(),
+                job: ptr::null_mut(),
+            },
+        );
+        (*cln).handler = Some(drop_state);
+    }
+}
+
+/// The request's pool is going away: free the capture, and let a write in flight know.
+unsafe extern "C" fn drop_state(data: *mut c_void) {
+    // SAFETY: data is the StoreState written by prepare(), dropped once, here.
+    unsafe {
+        let state = data as *mut StoreState;
+        if !(*state).job.is_null() {
+            super::client::detach((*state).job);
+        }
+        ptr::drop_in_place(state);
+    }
+}
+
+/// The store state of `r`, if it has one.
+///
+/// # Safety
+/// `r` must be a live request.
+unsafe fn find<'a>(r: *mut ngx_http_request_t) -> Option<&'a mut StoreState> {
+    // SAFETY: the pool's cleanup list holds our state under drop_state.
+    unsafe {
+        // Cheap tests first: every response of every request passes here.
+        if !ptr::eq(r, (*r).main) || !variables::status_is_miss(r) {
+            return None;
+        }
+        let mut cln = (*(*r).pool).cleanup;
+        while !cln.is_null() {
+            // The handler rcache set in prepare(): the very function item, so its
+            // address is the one compared here.
+            let ours: unsafe extern "C" fn(*mut c_void) = drop_state;
+            if (*cln).handler.is_some_and(|h| ptr::fn_addr_eq(h, ours)) {
+                return ((*cln).data as *mut StoreState).as_mut();
+            }
+            cln = (*cln).next;
+        }
+        None
+    }
+}
+
+static mut NEXT_HEADER_FILTER: ngx_http_output_header_filter_pt = None;
+static mut NEXT_BODY_FILTER: ngx_http_output_body_filter_pt = None;
+
+/// Postconfiguration: puts rcache's filters at the top of nginx's chains, so they see
+/// the response as the fallback produced it (before gzip, SSI, ...).
+///
+/// # Safety
+/// Called once per configuration, from postconfiguration.
+pub unsafe fn install_filters() {
+    // SAFETY: nginx's filter chain pointers are set up at configuration time, on one
+    // thread; ours are read only by the filters.
+    unsafe {
+        NEXT_HEADER_FILTER = ngx_http_top_header_filter;
+        ngx_http_top_header_filter = Some(header_filter);
+        NEXT_BODY_FILTER = ngx_http_top_body_filter;
+        ngx_http_top_body_filter = Some(body_filter);
+    }
+}
+
+unsafe extern "C" fn header_filter(r: *mut ngx_http_request_t) -> ngx_int_t {
+    // SAFETY: nginx calls header filters with a live request.
+    unsafe {
+        if let Some(state) = find(r) {
+            if state.phase == Phase::Headers {
+                decide(r, state);
+            }
+        }
+        match NEXT_HEADER_FILTER {
+            Some(next) => next(r),
+            None => NGX_ERROR as ngx_int_t,
+        }
+    }
+}
+
+/// Reads the response headers: capture the body, or record why not.
+///
+/// # Safety
+/// `r` must be a live request whose headers are being sent.
+unsafe fn decide(r: *mut ngx_http_request_t, state: &mut StoreState) {
+    // SAFETY: per the contract above; header values live in the request's pool.
+    unsafe {
+        state.phase = Phase::Done;
+        let lcf = &*state.lcf;
+        let out = &(*r).headers_out;
+        let mut facts = policy::Response {
+            status: u16::try_from(out.status).unwrap_or(0),
+            ..Default::default()
+        };
+        for h in headers(&out.headers) {
+            let name = h.key.as_bytes();
+            if name.eq_ignore_ascii_case(b"set-cookie") {
+                facts.set_cookie = true;
+            } else if name.eq_ignore_ascii_case(b"cache-control") {
+                facts.cache_control.push(h.value.as_bytes());
+            } else if name.eq_ignore_ascii_case(b"vary") {
+                facts.vary.push(h.value.as_bytes());
+            }
+        }
+        if let Some(ce) = out.content_encoding.as_ref() {
+            if ce.hash != 0 {
+                facts.content_encoding = Some(ce.value.as_bytes());
+            }
+        }
+        if let Some(u) = (*r).upstream.as_ref() {
+            // nginx's proxy and fastcgi modules consume X-Accel-Expires (it is not in
+            // headers_out); it is still in what the upstream sent.
+            if let Some(xae) = u.headers_in.x_accel_expires.as_ref() {
+                facts.x_accel_expires = Some(xae.value.as_bytes());
+            }
+        }
+
+        let ttl = match policy::decide(
+            &facts,
+            lcf.store_statuses(),
+            u32::try_from(lcf.store_ttl).unwrap_or(0),
+            ngx_time(),
+        ) {
+            Ok(ttl) => ttl,
+            Err(reason) => {
+                ngx_log_debug!(mask: DebugMask::Http, (*(*r).connection).log, "rcache: not stored: {}", reason);
+                variables::set_store(r, StoreStatus::NotCacheable);
+                return;
+            }
+        };
+        if out.content_length_n > 0 && out.content_length_n as u64 > lcf.store_max_size as u64 {
+            variables::set_store(r, StoreStatus::TooLarge);
+            return;
+        }
+
+        state.ttl = ttl;
+        state.headers = kept_headers(r);
+        if out.content_length_n > 0 {
+            state.body.reserve_exact(out.content_length_n as usize);
+        }
+        state.phase = Phase::Body;
+    }
+}
+
+/// The response headers a stored page keeps (see `page::KEPT_HEADERS`).
+///
+/// # Safety
+/// `r` must be a live request whose headers are being sent.
+unsafe fn kept_headers(r: *mut ngx_http_request_t) -> Vec<(&'static str, Vec<u8>)> {
+    // SAFETY: per the contract above.
+    unsafe {
+        let out = &(*r).headers_out;
+        let mut kept = Vec::new();
+        if out.content_type.len > 0 {
+            kept.push(("Content-Type", out.content_type.as_bytes().to_vec()));
+        }
+        if let Some(ce) = out.content_encoding.as_ref() {
+            if ce.hash != 0 && ce.value.as_bytes().eq_ignore_ascii_case(b"gzip") {
+                kept.push(("Content-Encoding", b"gzip".to_vec()));
+            }
+        }
+        if out.last_modified_time != -1 {
+            let mut buf = [0u8; 32];
+            let end = ngx_http_time(buf.as_mut_ptr(), out.last_modified_time);
+            let len = end.offset_from(buf.as_ptr()) as usize;
+            kept.push(("Last-Modified", buf[..len].to_vec()));
+        }
+        for h in headers(&out.headers) {
+            let name = h.key.as_bytes();
+            if let Some(kept_name) = page::kept_header(name) {
+                if !matches!(
+                    kept_name,
+                    "Content-Type" | "Content-Encoding" | "Last-Modified"
+                ) {
+                    kept.push((kept_name, h.value.as_bytes().to_vec()));
+                }
+            }
+        }
+        kept
+    }
+}
+
+/// The live entries of a header list (nginx deletes a header by zeroing its hash).
+///
+/// # Safety
+/// `list` must be a header list of a live request.
+unsafe fn headers(list: &ngx_list_t) -> impl Iterator<Item = &ngx_table_elt_t> {
+    let mut part: *const ngx_list_part_t = &list.part;
+    core::iter::from_fn(move || {
+        // SAFETY: walks the list's parts; elements are ngx_table_elt_t.
+        unsafe {
+            while !part.is_null() {
+                let elts =
+                    slice::from_raw_parts((*part).elts as *const ngx_table_elt_t, (*part).nelts);
+                part = (*part).next;
+                if !elts.is_empty() {
+                    return Some(elts);
+                }
+            }
+            None
+        }
+    })
+    .flatten()
+    .filter(|h| h.hash != 0)
+}
+
+unsafe extern "C" fn body_filter(r: *mut ngx_http_request_t, chain: *mut ngx_chain_t) -> ngx_int_t {
+    // SAFETY: nginx calls body filters with a live request and its output chain.
+    unsafe {
+        let mut complete = false;
+        if let Some(state) = find(r) {
+            if state.phase == Phase::Body {
+                complete = copy_chain(r, state, chain);
+            }
+        }
+        let rc = match NEXT_BODY_FILTER {
+            Some(next) => next(r, chain),
+            None => NGX_ERROR as ngx_int_t,
+        };
+        if complete {
+            if let Some(state) = find(r) {
+                state.phase = Phase::Done;
+                super::client::store(r, state);
+            }
+        }
+        rc
+    }
+}
+
+/// Appends the chain's bytes to the capture; true once the last buffer is in.
+///
+/// # Safety
+/// `chain` must be the request's output chain.
+unsafe fn copy_chain(
+    r: *mut ngx_http_request_t,
+    state: &mut StoreState,
+    chain: *mut ngx_chain_t,
+) -> bool {
+    // SAFETY: buffers in the chain are valid while the filter runs.
+    unsafe {
+        let max = (*state.lcf).store_max_size;
+        let mut cl = chain;
+        while !cl.is_null() {
+            let b = &*(*cl).buf;
+            if buf_in_memory(b) {
+                let n = b.last.offset_from(b.pos) as usize;
+                if state.body.len() + n > max {
+                    return too_large(r, state);
+                }
+                state
+                    .body
+                    .extend_from_slice(slice::from_raw_parts(b.pos, n));
+            } else if b.in_file() != 0 {
+                let n = (b.file_last - b.file_pos) as usize;
+                if state.body.len() + n > max {
+                    return too_large(r, state);
+                }
+                // A response the fallback buffered to a temporary file: read it back
+                // (from the page cache, as nginx itself reads file buffers without aio).
+                let at = state.body.len();
+                state.body.resize(at + n, 0);
+                let read = ngx_read_file(b.file, state.body[at..].as_mut_ptr(), n, b.file_pos);
+                if read != n as isize {
+                    state.phase = Phase::Done;
+                    state.body = Vec::new();
+                    variables::set_store(r, StoreStatus::Failed);
+                    return false;
+                }
+            }
+            if b.last_buf() != 0 {
+                return true;
+            }
+            cl = (*cl).next;
+        }
+        false
+    }
+}
+
+/// The body outgrew `rcache_store_max_size`: stop copying, free what was copied.
+fn too_large(r: *mut ngx_http_request_t, state: &mut StoreState) -> bool {
+    state.phase = Phase::Done;
+    state.body = Vec::new();
+    // SAFETY: r is the live request the state belongs to.
+    unsafe { variables::set_store(r, StoreStatus::TooLarge) };
+    false
+}
+
+/// `ngx_buf_in_memory()`.
+fn buf_in_memory(b: &ngx_buf_t) -> bool {
+    b.temporary() != 0 || b.memory() != 0 || b.mmap() != 0
+}

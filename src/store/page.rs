@@ -1,0 +1,163 @@
+//! The format of pages rcache stores in memcached (`rcache_store`).
+//!
+//! A stored page carries the few response headers that make it the same response again,
+//! in front of the body:
+//!
+//! ```text
+//! RCACHE/1\r\n
+//! Content-Type: text/html; charset=utf-8\r\n
+//! Content-Encoding: gzip\r\n
+//! \r\n
+//! <body>
+//! ```
+//!
+//! and is marked with the flag bit [`STORED_FLAG`], so that values applications write
+//! themselves (flags 0 or 16) are still served as raw bytes.
+
+/// The memcached flag bit of pages rcache stored: bit 24 (16777216).
+pub const STORED_FLAG: u32 = 1 << 24;
+
+const MAGIC: &[u8] = b"RCACHE/1\r\n";
+
+/// The response headers a stored page keeps, in the case they are written back.
+pub const KEPT_HEADERS: &[&str] = &[
+    "Content-Type",
+    "Content-Encoding",
+    "Content-Language",
+    "Cache-Control",
+    "ETag",
+    "Last-Modified",
+    "Link",
+];
+
+/// The kept header named `name` (any case), as it is written back.
+pub fn kept_header(name: &[u8]) -> Option<&'static str> {
+    KEPT_HEADERS
+        .iter()
+        .copied()
+        .find(|h| h.as_bytes().eq_ignore_ascii_case(name))
+}
+
+/// Appends the stored form of a page to `out`. Headers not in [`KEPT_HEADERS`], and
+/// values with a line break, are left out.
+pub fn encode(headers: &[(&[u8], &[u8])], body: &[u8], out: &mut Vec<u8>) {
+    out.extend_from_slice(MAGIC);
+    for &(name, value) in headers {
+        let Some(name) = kept_header(name) else {
+            continue;
+        };
+        if value.iter().any(|&b| b == b'\r' || b == b'\n') {
+            continue;
+        }
+        out.extend_from_slice(name.as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value);
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(body);
+}
+
+/// Size of the stored form, to allocate once.
+pub fn encoded_len(headers: &[(&[u8], &[u8])], body: &[u8]) -> usize {
+    let mut n = MAGIC.len() + 2 + body.len();
+    for &(name, value) in headers {
+        if kept_header(name).is_some() && !value.iter().any(|&b| b == b'\r' || b == b'\n') {
+            n += name.len() + 2 + value.len() + 2;
+        }
+    }
+    n
+}
+
+/// A stored page, read back.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Page<'a> {
+    pub headers: Vec<(&'static str, &'a [u8])>,
+    pub body: &'a [u8],
+}
+
+/// Reads a value stored with [`STORED_FLAG`]; `None` if it is not in the stored form.
+pub fn decode(value: &[u8]) -> Option<Page<'_>> {
+    let mut rest = value.strip_prefix(MAGIC)?;
+    let mut headers = Vec::new();
+    loop {
+        let end = rest.windows(2).position(|w| w == b"\r\n")?;
+        let line = &rest[..end];
+        rest = &rest[end + 2..];
+        if line.is_empty() {
+            return Some(Page {
+                headers,
+                body: rest,
+            });
+        }
+        let colon = line.iter().position(|&b| b == b':')?;
+        let name = kept_header(&line[..colon])?;
+        let value = line[colon + 1..]
+            .strip_prefix(b" ")
+            .unwrap_or(&line[colon + 1..]);
+        headers.push((name, value));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip_keeps_the_kept_headers_only() {
+        let headers: &[(&[u8], &[u8])] = &[
+            (b"content-type", b"text/html; charset=utf-8"),
+            (b"Set-Cookie", b"session=1"),
+            (b"Content-Encoding", b"gzip"),
+            (b"Connection", b"keep-alive"),
+            (b"ETag", b"\"abc\""),
+            (b"X-Injected", b"a\r\nSet-Cookie: b"),
+            (b"Cache-Control", b"bad\r\nvalue"),
+        ];
+        let body = b"\x1f\x8b binary \r\n\r\n body";
+        let mut out = Vec::new();
+        encode(headers, body, &mut out);
+        assert_eq!(out.len(), encoded_len(headers, body));
+        let page = decode(&out).unwrap();
+        assert_eq!(
+            page.headers,
+            vec![
+                ("Content-Type", &b"text/html; charset=utf-8"[..]),
+                ("Content-Encoding", &b"gzip"[..]),
+                ("ETag", &b"\"abc\""[..]),
+            ]
+        );
+        assert_eq!(page.body, body);
+    }
+
+    #[test]
+    fn an_empty_page() {
+        let mut out = Vec::new();
+        encode(&[], b"", &mut out);
+        assert_eq!(out, b"RCACHE/1\r\n\r\n");
+        assert_eq!(
+            decode(&out),
+            Some(Page {
+                headers: vec![],
+                body: b""
+            })
+        );
+    }
+
+    #[test]
+    fn values_not_in_the_stored_form_are_refused() {
+        assert_eq!(decode(b"<html>raw page</html>"), None);
+        assert_eq!(decode(b"RCACHE/1\r\nContent-Type: text/html\r\n"), None);
+        assert_eq!(decode(b"RCACHE/1\r\nSet-Cookie: x\r\n\r\nbody"), None);
+        assert_eq!(decode(b"RCACHE/1\r\nno colon\r\n\r\nbody"), None);
+        assert_eq!(decode(b"RCACHE/2\r\n\r\nbody"), None);
+    }
+
+    #[test]
+    fn the_flag_is_outside_what_clients_use() {
+        // pymemcache/pylibmc/python-memcached use the low bits (pickle 1, int 2, long 4,
+        // zlib 8, text 16).
+        assert_eq!(STORED_FLAG, 16_777_216);
+        assert_eq!(STORED_FLAG & 0xff, 0);
+    }
+}
