@@ -492,7 +492,7 @@ pub fn load_with(
             scope.spawn(|| {
                 let mut client: Option<KeepAliveClient> = None;
                 while next.fetch_add(1, Ordering::SeqCst) < total {
-                    if client.as_ref().map_or(true, KeepAliveClient::is_closed) {
+                    if client.as_ref().is_none_or(KeepAliveClient::is_closed) {
                         match KeepAliveClient::connect(port) {
                             Ok(c) => {
                                 client = Some(c);
