@@ -361,7 +361,7 @@ fn fetch_all(port: u16, keys: &[Key], clients: usize) -> Fetched {
                     let i = next.fetch_add(1, Ordering::SeqCst);
                     let Some(key) = keys.get(i) else { break };
                     let t = Instant::now();
-                    if client.as_ref().map_or(true, KeepAliveClient::is_closed) {
+                    if client.as_ref().is_none_or(KeepAliveClient::is_closed) {
                         client = KeepAliveClient::connect(port).ok();
                     }
                     let got = match client.as_mut().map(|c| c.get(&key.url)) {
