@@ -51,9 +51,9 @@ impl AppRequest {
     }
 }
 
-/// What a handler answers. `Content-Length` is added (unless the handler set one, or the
-/// response is [`AppResponse::chunked`]) and `Connection: close` when the app closes the
-/// connection.
+/// What a handler answers. `Content-Length` is added (unless the handler set one, or a
+/// `Transfer-Encoding` whose encoded body it supplies, or the response is
+/// [`AppResponse::chunked`]) and `Connection: close` when the app closes the connection.
 #[derive(Clone, Debug)]
 pub struct AppResponse {
     pub status: u16,
@@ -322,7 +322,10 @@ fn serve_connection(
         let mut out = format!("HTTP/1.1 {} {}\r\n", resp.status, reason(resp.status)).into_bytes();
         let mut has_length = false;
         for (n, v) in &resp.headers {
-            has_length |= n.eq_ignore_ascii_case("content-length");
+            // A handler that sets Transfer-Encoding itself supplies the encoded body
+            // (e.g. from `http::chunked`, or cut short).
+            has_length |= n.eq_ignore_ascii_case("content-length")
+                || n.eq_ignore_ascii_case("transfer-encoding");
             out.extend_from_slice(format!("{n}: {v}\r\n").as_bytes());
         }
         if resp.chunked.is_some() {
