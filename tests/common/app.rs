@@ -51,13 +51,17 @@ impl AppRequest {
     }
 }
 
-/// What a handler answers. `Content-Length` is added (unless the handler set one) and
-/// `Connection: close` when the app closes the connection.
+/// What a handler answers. `Content-Length` is added (unless the handler set one, or a
+/// `Transfer-Encoding` whose encoded body it supplies, or the response is
+/// [`AppResponse::chunked`]) and `Connection: close` when the app closes the connection.
 #[derive(Clone, Debug)]
 pub struct AppResponse {
     pub status: u16,
     pub headers: Vec<(String, String)>,
     pub body: Vec<u8>,
+    /// Send the body with `Transfer-Encoding: chunked`, in chunks of this many bytes with
+    /// this pause before each chunk after the first (a response streamed as it is made).
+    pub chunked: Option<(usize, std::time::Duration)>,
 }
 
 impl AppResponse {
@@ -66,7 +70,16 @@ impl AppResponse {
             status,
             headers: Vec::new(),
             body: body.into(),
+            chunked: None,
         }
+    }
+
+    /// Streams the body chunked (builder style): `Transfer-Encoding: chunked`, no
+    /// `Content-Length`, chunks of `chunk` bytes written one by one with `pause` between
+    /// them. The 0-size last chunk follows the last one.
+    pub fn chunked(mut self, chunk: usize, pause: std::time::Duration) -> AppResponse {
+        self.chunked = Some((chunk.max(1), pause));
+        self
     }
 
     /// Adds a header (builder style).
@@ -309,10 +322,15 @@ fn serve_connection(
         let mut out = format!("HTTP/1.1 {} {}\r\n", resp.status, reason(resp.status)).into_bytes();
         let mut has_length = false;
         for (n, v) in &resp.headers {
-            has_length |= n.eq_ignore_ascii_case("content-length");
+            // A handler that sets Transfer-Encoding itself supplies the encoded body
+            // (e.g. from `http::chunked`, or cut short).
+            has_length |= n.eq_ignore_ascii_case("content-length")
+                || n.eq_ignore_ascii_case("transfer-encoding");
             out.extend_from_slice(format!("{n}: {v}\r\n").as_bytes());
         }
-        if !has_length {
+        if resp.chunked.is_some() {
+            out.extend_from_slice(b"Transfer-Encoding: chunked\r\n");
+        } else if !has_length {
             out.extend_from_slice(format!("Content-Length: {}\r\n", resp.body.len()).as_bytes());
         }
         if !keep {
@@ -321,11 +339,34 @@ fn serve_connection(
             out.extend_from_slice(b"Connection: keep-alive\r\n");
         }
         out.extend_from_slice(b"\r\n");
-        if !head {
-            out.extend_from_slice(&resp.body);
-        }
-        if writer.write_all(&out).is_err() || !keep {
-            return;
+        match resp.chunked {
+            Some((chunk, pause)) if !head => {
+                if writer.write_all(&out).is_err() {
+                    return;
+                }
+                for (i, piece) in resp.body.chunks(chunk).enumerate() {
+                    if i > 0 && !ctx.sleep(pause) {
+                        return;
+                    }
+                    let mut bytes = format!("{:x}\r\n", piece.len()).into_bytes();
+                    bytes.extend_from_slice(piece);
+                    bytes.extend_from_slice(b"\r\n");
+                    if writer.write_all(&bytes).is_err() {
+                        return;
+                    }
+                }
+                if writer.write_all(b"0\r\n\r\n").is_err() || !keep {
+                    return;
+                }
+            }
+            _ => {
+                if !head {
+                    out.extend_from_slice(&resp.body);
+                }
+                if writer.write_all(&out).is_err() || !keep {
+                    return;
+                }
+            }
         }
     }
 }

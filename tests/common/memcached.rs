@@ -266,6 +266,34 @@ impl Memcached {
             .unwrap_or_else(|e| panic!("memcache get {key:?}: {e}"))
     }
 
+    /// The remaining time to live of `key` in seconds, from the meta command `mg <key> t`
+    /// (over a new connection): `Some(-1)` for an item that never expires, `None` if the
+    /// key is absent.
+    pub fn ttl(&self, key: &str) -> Option<i64> {
+        let what = format!("mg {key:?} t on {}", self.addr());
+        let mut s = TcpStream::connect(self.socket_addr())
+            .unwrap_or_else(|e| panic!("{what}: connect: {e}"));
+        s.set_read_timeout(Some(STATS_TIMEOUT))
+            .expect("set_read_timeout");
+        s.write_all(format!("mg {key} t\r\n").as_bytes())
+            .unwrap_or_else(|e| panic!("{what}: write: {e}"));
+        let mut reply = String::new();
+        BufReader::new(s)
+            .read_line(&mut reply)
+            .unwrap_or_else(|e| panic!("{what}: read: {e}"));
+        let reply = reply.trim_end();
+        if reply == "EN" {
+            return None;
+        }
+        // "HD t<secs>" (no value asked for), or "VA <len> t<secs>" with the value after it.
+        let ttl = reply
+            .split(' ')
+            .find_map(|w| w.strip_prefix('t'))
+            .and_then(|t| t.parse().ok())
+            .unwrap_or_else(|| panic!("{what}: unexpected reply {reply:?}"));
+        Some(ttl)
+    }
+
     /// Looks up every key of `keys` (raw bytes, as the writer sent them: UTF-8 for a `str`
     /// key) with pipelined `get`s over one new connection; returns each key's value and
     /// flags, or None. For finding where a client put its keys; counts as one connection
