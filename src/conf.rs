@@ -232,9 +232,18 @@ pub unsafe extern "C" fn merge_loc_conf(
         prev.upstream.read_timeout,
         DEFAULT_READ_TIMEOUT,
     );
-    if conf.upstream.upstream.is_null() {
+    // SAFETY: while merging, cf->ctx is the location being merged.
+    let Some(clcf) = (unsafe { NgxHttpCoreModule::location_conf_mut(&*cf) }) else {
+        return NGX_CONF_ERROR;
+    };
+    // `if` and `limit_except` blocks take over their location's rcache_pass (as
+    // proxy_pass does); nested locations do not.
+    if conf.upstream.upstream.is_null() && clcf.noname() != 0 {
         conf.upstream.upstream = prev.upstream.upstream;
         conf.target = prev.target;
+        if clcf.lmt_excpt() != 0 && clcf.handler.is_none() && !conf.upstream.upstream.is_null() {
+            clcf.handler = Some(handler::content_handler);
+        }
     }
 
     if conf.key.is_null() {
@@ -279,7 +288,20 @@ pub unsafe extern "C" fn merge_loc_conf(
     }
     merge_ptr(&mut conf.store_bypass, prev.store_bypass);
     merge_int(&mut conf.store_args, prev.store_args, 0);
+    let purge_here = conf.purge == 1;
     merge_int(&mut conf.purge, prev.purge, 0);
+    let ours: unsafe extern "C" fn(*mut ngx_http_request_t) -> ngx_int_t = handler::content_handler;
+    if purge_here && !clcf.handler.is_some_and(|h| ptr::fn_addr_eq(h, ours)) {
+        // Reported after parsing: name the location rather than a line.
+        ngx::ngx_log_error!(
+            NGX_LOG_EMERG,
+            // SAFETY: cf is the configuration being merged.
+            unsafe { (*cf).log },
+            "\"rcache_purge\" in location \"{}\" needs \"rcache_pass\" in the same location",
+            clcf.name
+        );
+        return NGX_CONF_ERROR;
+    }
 
     // SAFETY: nginx merges with cf->ctx set to the server being merged.
     if !conf.upstream.upstream.is_null() && !unsafe { remember_named_fallback(cf, conf) } {

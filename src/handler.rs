@@ -228,6 +228,7 @@ pub unsafe fn serve_hit(r: *mut ngx_http_request_t, value: &[u8], flags: u32) ->
         }
 
         // A page rcache stored carries its headers; any other value is raw bytes.
+        let mut status = NGX_HTTP_OK as ngx_uint_t;
         let (mut body, gzipped) = if flags & STORED_FLAG != 0 {
             let Some(page) = page::decode(value) else {
                 ngx_log_error!(
@@ -238,6 +239,7 @@ pub unsafe fn serve_hit(r: *mut ngx_http_request_t, value: &[u8], flags: u32) ->
                 );
                 return fall_back(r, Verdict::Miss);
             };
+            status = ngx_uint_t::from(page.status);
             let mut gzipped = false;
             for &(name, value) in &page.headers {
                 if name == "Content-Encoding" {
@@ -270,7 +272,7 @@ pub unsafe fn serve_hit(r: *mut ngx_http_request_t, value: &[u8], flags: u32) ->
 
         variables::set_status(r, CacheStatus::Hit);
         let h = &mut (*r).headers_out;
-        h.status = NGX_HTTP_OK as ngx_uint_t;
+        h.status = status;
         h.content_length_n = body.len() as off_t;
         if h.content_type.len == 0 && ngx_http_set_content_type(r) != NGX_OK as ngx_int_t {
             return NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t;

@@ -234,11 +234,12 @@ pub fn parse_line_reply(buf: &[u8]) -> Result<Option<LineReply>, ProtocolError> 
     }
 }
 
-/// `set <key> <flags> <exptime> <bytes>\r\n` for a value of `len` bytes (the value
-/// and its `\r\n` follow).
-pub fn set_command(key: &[u8], flags: u32, exptime: u64, len: usize) -> Vec<u8> {
+/// `add <key> <flags> <exptime> <bytes>\r\n` for a value of `len` bytes (the value
+/// and its `\r\n` follow). `add` stores only if the key is absent: a page the
+/// application wrote meanwhile is never overwritten.
+pub fn add_command(key: &[u8], flags: u32, exptime: u64, len: usize) -> Vec<u8> {
     let mut cmd = Vec::with_capacity(key.len() + 48);
-    cmd.extend_from_slice(b"set ");
+    cmd.extend_from_slice(b"add ");
     cmd.extend_from_slice(key);
     cmd.extend_from_slice(format!(" {flags} {exptime} {len}\r\n").as_bytes());
     cmd
@@ -524,10 +525,10 @@ mod tests {
     }
 
     #[test]
-    fn set_command_line() {
+    fn add_command_line() {
         assert_eq!(
-            set_command(b"/p", 16777216, 300, 5),
-            b"set /p 16777216 300 5\r\n"
+            add_command(b"/p", 16777216, 300, 5),
+            b"add /p 16777216 300 5\r\n"
         );
     }
 

@@ -56,6 +56,8 @@ impl FrontStatus {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum StoreStatus {
     Stored,
+    /// The key had a value by the time the page was written (the app stored it): kept.
+    Present,
     NotCacheable,
     TooLarge,
     Failed,
@@ -65,6 +67,7 @@ impl StoreStatus {
     pub fn as_bytes(self) -> &'static [u8] {
         match self {
             StoreStatus::Stored => b"STORED",
+            StoreStatus::Present => b"PRESENT",
             StoreStatus::NotCacheable => b"NOT_CACHEABLE",
             StoreStatus::TooLarge => b"TOO_LARGE",
             StoreStatus::Failed => b"FAILED",
@@ -166,7 +169,10 @@ pub unsafe fn status_is_miss(r: *mut ngx_http_request_t) -> bool {
 /// # Safety
 /// `r` must be a live request; `index` one obtained at configuration time.
 unsafe fn store(r: *mut ngx_http_request_t, index: ngx_int_t, bytes: &'static [u8]) {
-    if index < 0 {
+    // Subrequests (SSI includes) share their parent's variables: an included
+    // fragment must not overwrite what rcache recorded for the page.
+    // SAFETY: r is a live request.
+    if index < 0 || unsafe { !ptr::eq(r, (*r).main) } {
         return;
     }
     // SAFETY: r->variables has one slot per declared variable.

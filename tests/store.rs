@@ -1017,11 +1017,11 @@ const OK: u8 = 1;
 const STALL: u8 = 2;
 const RESET: u8 = 3;
 
-/// A memcached that has nothing (`get` → END) and answers `set` as `mode` says.
+/// A memcached that has nothing (`get` → END) and answers rcache's `add` as `mode` says.
 fn store_fake(mode: Arc<AtomicU8>) -> FakeMemcached {
     FakeMemcached::start(move |req: &McRequest| match req.command().as_str() {
         "get" => vec![Step::write(MISS)],
-        "set" => match mode.load(Ordering::SeqCst) {
+        "add" => match mode.load(Ordering::SeqCst) {
             OOM => vec![Step::write("SERVER_ERROR out of memory storing object\r\n")],
             OK => vec![Step::write("STORED\r\n")],
             STALL => vec![Step::Stall],
@@ -1079,12 +1079,12 @@ fn a_failing_store_never_reaches_the_client_and_is_logged_once_until_a_store_suc
     let sets: Vec<McRequest> = fake
         .request_log()
         .into_iter()
-        .filter(|r| r.command() == "set")
+        .filter(|r| r.command() == "add")
         .collect();
-    assert_eq!(sets.len(), 4, "one set per request");
+    assert_eq!(sets.len(), 4, "one add per request");
     assert!(sets[0]
         .line_str()
-        .starts_with(&format!("set /a {STORED_FLAG} 300 ")));
+        .starts_with(&format!("add /a {STORED_FLAG} 300 ")));
     assert!(sets[0].data.as_ref().unwrap().starts_with(b"RCACHE/1\r\n"));
 
     mode.store(OK, Ordering::SeqCst);
@@ -1453,6 +1453,10 @@ fn a_page_the_app_writes_while_answering_the_miss_is_not_overwritten() {
     let (r, e) = site.get("/article/1");
     assert_eq!(r.text(), "<p>rendered for this request</p>");
     assert_eq!(e.rcache, "MISS");
+    assert_eq!(
+        e.store, "PRESENT",
+        "rcache's add found the app's value and left it"
+    );
     let value = site.stored("/article/1").map(|(v, f)| (preview(&v), f));
     assert_eq!(
         value,
@@ -2083,7 +2087,7 @@ fn a_store_in_flight_outlives_a_request_whose_client_went_away() {
     let sets = || {
         fake.request_log()
             .iter()
-            .filter(|r| r.command() == "set")
+            .filter(|r| r.command() == "add")
             .count()
     };
     assert!(

@@ -28,6 +28,7 @@ pub struct StoreState {
     key: *const u8,
     key_len: usize,
     phase: Phase,
+    pub status: u16,
     pub ttl: u32,
     pub headers: Vec<(&'static str, Vec<u8>)>,
     pub body: Vec<u8>,
@@ -93,6 +94,7 @@ pub unsafe fn prepare(r: *mut ngx_http_request_t, key: &[u8]) {
                 key: key.as_ptr(),
                 key_len: key.len(),
                 phase: Phase::Headers,
+                status: 200,
                 ttl: 0,
                 headers: Vec::new(),
                 body: Vec::new(),
@@ -205,9 +207,16 @@ unsafe fn decide(r: *mut ngx_http_request_t, state: &mut StoreState) {
         }
         if let Some(u) = (*r).upstream.as_ref() {
             // nginx's proxy and fastcgi modules consume X-Accel-Expires (it is not in
-            // headers_out); it is still in what the upstream sent.
-            if let Some(xae) = u.headers_in.x_accel_expires.as_ref() {
-                facts.x_accel_expires = Some(xae.value.as_bytes());
+            // headers_out); it is still in what the upstream sent. Like proxy_cache,
+            // rcache_store follows `proxy_ignore_headers X-Accel-Expires Cache-Control`.
+            let ignored = u.conf.as_ref().map_or(0, |c| c.ignore_headers);
+            if ignored & NGX_HTTP_UPSTREAM_IGN_XA_EXPIRES as ngx_uint_t == 0 {
+                if let Some(xae) = u.headers_in.x_accel_expires.as_ref() {
+                    facts.x_accel_expires = Some(xae.value.as_bytes());
+                }
+            }
+            if ignored & NGX_HTTP_UPSTREAM_IGN_CACHE_CONTROL as ngx_uint_t != 0 {
+                facts.cache_control.clear();
             }
         }
 
@@ -229,6 +238,7 @@ unsafe fn decide(r: *mut ngx_http_request_t, state: &mut StoreState) {
             return;
         }
 
+        state.status = facts.status;
         state.ttl = ttl;
         state.headers = kept_headers(r);
         if out.content_length_n > 0 {

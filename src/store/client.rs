@@ -1,4 +1,5 @@
-//! Writing a captured page to memcached: `set <key> <flags> <exptime> <bytes>`.
+//! Writing a captured page to memcached: `add <key> <flags> <exptime> <bytes>` — `add`,
+//! not `set`, so that a page the application wrote while answering is never overwritten.
 //!
 //! The write runs on nginx's event loop, on the key's server (the same choice lookups
 //! make) and on the same pooled connections, with rcache's connect/send/read timeouts. It
@@ -71,11 +72,18 @@ pub unsafe fn store(r: *mut ngx_http_request_t, state: &mut StoreState) {
             .iter()
             .map(|(n, v)| (n.as_bytes(), v.as_slice()))
             .collect();
-        let value_len = page::encoded_len(&headers, &state.body);
+        let value_len = page::encoded_len(state.status, &headers, &state.body);
+        if value_len > lcf.max_size {
+            // rcache_max_size bounds the values rcache serves: a page over it would
+            // never be a HIT.
+            state.body = Vec::new();
+            variables::set_store(r, StoreStatus::TooLarge);
+            return;
+        }
         let exptime = policy::exptime(state.ttl, ngx_time());
-        let mut command = protocol::set_command(state.key(), STORED_FLAG, exptime, value_len);
+        let mut command = protocol::add_command(state.key(), STORED_FLAG, exptime, value_len);
         command.reserve_exact(value_len + 2);
-        page::encode(&headers, &state.body, &mut command);
+        page::encode(state.status, &headers, &state.body, &mut command);
         command.extend_from_slice(protocol::CRLF);
         state.body = Vec::new();
         state.headers = Vec::new();
@@ -162,7 +170,7 @@ unsafe fn connect(job: *mut Job) {
         }
         let rc = ngx_event_connect_peer(&mut j.peer);
         if rc != NGX_OK as ngx_int_t && rc != NGX_AGAIN as ngx_int_t {
-            finish(job, Err("connect() failed"));
+            finish(job, Outcome::Failed("connect() failed".into()));
             return;
         }
         let c = j.peer.connection;
@@ -170,7 +178,7 @@ unsafe fn connect(job: *mut Job) {
             // Pooled connections have a pool (nginx's upstream gives its own one).
             (*c).pool = ngx_create_pool(128, log);
             if (*c).pool.is_null() {
-                finish(job, Err("out of memory"));
+                finish(job, Outcome::Failed("out of memory".into()));
                 return;
             }
         }
@@ -206,7 +214,7 @@ unsafe extern "C" fn on_write(ev: *mut ngx_event_t) {
         let c = (*ev).data as *mut ngx_connection_t;
         let job = (*c).data as *mut Job;
         if (*ev).timedout() != 0 {
-            finish(job, Err("timed out"));
+            finish(job, Outcome::Failed("timed out".into()));
             return;
         }
         send(job);
@@ -223,7 +231,7 @@ unsafe fn send(job: *mut Job) {
         let j = &mut *job;
         let c = j.peer.connection;
         let Some(send) = (*c).send else {
-            finish(job, Err("no send"));
+            finish(job, Outcome::Failed("no send".into()));
             return;
         };
         while j.sent < j.command.len() {
@@ -231,7 +239,7 @@ unsafe fn send(job: *mut Job) {
             let n = send(c, rest.as_ptr().cast_mut(), rest.len());
             if n == NGX_AGAIN as isize {
                 if ngx_handle_write_event((*c).write, 0) != NGX_OK as ngx_int_t {
-                    finish(job, Err("event error"));
+                    finish(job, Outcome::Failed("event error".into()));
                     return;
                 }
                 if (*(*c).write).timer_set() == 0 {
@@ -240,7 +248,7 @@ unsafe fn send(job: *mut Job) {
                 return;
             }
             if n <= 0 {
-                finish(job, Err("send() failed"));
+                finish(job, Outcome::Failed("send() failed".into()));
                 return;
             }
             j.sent += n as usize;
@@ -250,7 +258,7 @@ unsafe fn send(job: *mut Job) {
         }
         ngx_add_timer((*c).read, j.read_timeout);
         if ngx_handle_read_event((*c).read, 0) != NGX_OK as ngx_int_t {
-            finish(job, Err("event error"));
+            finish(job, Outcome::Failed("event error".into()));
         }
     }
 }
@@ -262,7 +270,7 @@ unsafe extern "C" fn on_read(ev: *mut ngx_event_t) {
         let job = (*c).data as *mut Job;
         let j = &mut *job;
         if (*ev).timedout() != 0 {
-            finish(job, Err("timed out"));
+            finish(job, Outcome::Failed("timed out".into()));
             return;
         }
         if j.sent < j.command.len() {
@@ -270,7 +278,7 @@ unsafe extern "C" fn on_read(ev: *mut ngx_event_t) {
             return;
         }
         let Some(recv) = (*c).recv else {
-            finish(job, Err("no recv"));
+            finish(job, Outcome::Failed("no recv".into()));
             return;
         };
         let mut buf = [0u8; 512];
@@ -278,32 +286,54 @@ unsafe extern "C" fn on_read(ev: *mut ngx_event_t) {
             let n = recv(c, buf.as_mut_ptr(), buf.len());
             if n == NGX_AGAIN as isize {
                 if ngx_handle_read_event((*c).read, 0) != NGX_OK as ngx_int_t {
-                    finish(job, Err("event error"));
+                    finish(job, Outcome::Failed("event error".into()));
                 }
                 return;
             }
             if n <= 0 {
-                finish(job, Err("connection closed"));
+                finish(job, Outcome::Failed("connection closed".into()));
                 return;
             }
             j.reply.extend_from_slice(&buf[..n as usize]);
             match protocol::parse_line_reply(&j.reply) {
                 Ok(None) => continue,
                 Ok(Some(LineReply::Stored)) => {
-                    finish(job, Ok(()));
+                    finish(job, Outcome::Stored);
+                    return;
+                }
+                Ok(Some(LineReply::NotStored)) => {
+                    // `add` found a value: the app wrote the page meanwhile.
+                    finish(job, Outcome::Present);
                     return;
                 }
                 Ok(Some(_)) => {
-                    finish(job, Err("memcached did not store it"));
+                    finish(
+                        job,
+                        Outcome::Failed("memcached answered something else".into()),
+                    );
                     return;
                 }
-                Err(_) => {
-                    finish(job, Err("memcached refused it"));
+                Err(err) if err.to_string().contains("too large") => {
+                    finish(job, Outcome::TooLarge);
+                    return;
+                }
+                Err(err) => {
+                    finish(job, Outcome::Failed(err.to_string()));
                     return;
                 }
             }
         }
     }
+}
+
+/// How a write ended.
+enum Outcome {
+    Stored,
+    /// The key had a value already (`add` refused): left as it is.
+    Present,
+    /// memcached's item size limit.
+    TooLarge,
+    Failed(String),
 }
 
 /// Whether this worker's last store failed: failures are logged once, not per store,
@@ -315,13 +345,15 @@ static mut FAILING: bool = false;
 ///
 /// # Safety
 /// `job` must be a job in flight; it is freed.
-unsafe fn finish(job: *mut Job, result: Result<(), &str>) {
+unsafe fn finish(job: *mut Job, outcome: Outcome) {
     // SAFETY: per the contract above; the worker is single-threaded.
     unsafe {
         let j = &mut *job;
         let c = j.peer.connection;
         if !c.is_null() {
-            let reusable = result.is_ok() && ngx_terminate == 0 && ngx_exiting == 0;
+            // The reply was read whole for every outcome but a failure.
+            let clean = !matches!(outcome, Outcome::Failed(_));
+            let reusable = clean && ngx_terminate == 0 && ngx_exiting == 0;
             for ev in [(*c).read, (*c).write] {
                 if (*ev).timer_set() != 0 {
                     ngx_del_timer(ev);
@@ -333,33 +365,42 @@ unsafe fn finish(job: *mut Job, result: Result<(), &str>) {
             j.peer.connection = ptr::null_mut();
         }
 
-        match result {
-            Ok(()) => FAILING = false,
-            Err(why) if !FAILING => {
-                FAILING = true;
-                ngx_log_error!(
-                    NGX_LOG_ERR,
-                    (*ngx_cycle).log,
-                    "rcache: storing key \"{}\" on memcached \"{}\" failed: {} (further \
-                     failures are not logged until a store succeeds)",
-                    j.key,
-                    j.server,
-                    why
-                );
+        let status = match &outcome {
+            Outcome::Stored => {
+                FAILING = false;
+                StoreStatus::Stored
             }
-            Err(_) => {}
-        }
+            Outcome::Present => StoreStatus::Present,
+            Outcome::TooLarge => {
+                ngx_log_error!(
+                    NGX_LOG_INFO,
+                    (*ngx_cycle).log,
+                    "rcache: memcached \"{}\" refused key \"{}\" as too large for it",
+                    j.server,
+                    j.key
+                );
+                StoreStatus::TooLarge
+            }
+            Outcome::Failed(why) => {
+                if !FAILING {
+                    FAILING = true;
+                    ngx_log_error!(
+                        NGX_LOG_ERR,
+                        (*ngx_cycle).log,
+                        "rcache: storing key \"{}\" on memcached \"{}\" failed: {} (further \
+                         failures are not logged until a store succeeds)",
+                        j.key,
+                        j.server,
+                        why
+                    );
+                }
+                StoreStatus::Failed
+            }
+        };
 
         let r = j.request;
         if !r.is_null() {
-            variables::set_store(
-                r,
-                if result.is_ok() {
-                    StoreStatus::Stored
-                } else {
-                    StoreStatus::Failed
-                },
-            );
+            variables::set_store(r, status);
             if let Some(state) = j.state.as_mut() {
                 state.job = ptr::null_mut();
             }

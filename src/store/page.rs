@@ -5,6 +5,7 @@
 //!
 //! ```text
 //! RCACHE/1\r\n
+//! Status: 404\r\n                          (only when not 200)
 //! Content-Type: text/html; charset=utf-8\r\n
 //! Content-Encoding: gzip\r\n
 //! \r\n
@@ -21,6 +22,7 @@ const MAGIC: &[u8] = b"RCACHE/1\r\n";
 
 /// The response headers a stored page keeps, in the case they are written back.
 pub const KEPT_HEADERS: &[&str] = &[
+    "Location",
     "Content-Type",
     "Content-Encoding",
     "Content-Language",
@@ -38,10 +40,13 @@ pub fn kept_header(name: &[u8]) -> Option<&'static str> {
         .find(|h| h.as_bytes().eq_ignore_ascii_case(name))
 }
 
-/// Appends the stored form of a page to `out`. Headers not in [`KEPT_HEADERS`], and
-/// values with a line break, are left out.
-pub fn encode(headers: &[(&[u8], &[u8])], body: &[u8], out: &mut Vec<u8>) {
+/// Appends the stored form of a page with `status` to `out`. Headers not in
+/// [`KEPT_HEADERS`], and values with a line break, are left out.
+pub fn encode(status: u16, headers: &[(&[u8], &[u8])], body: &[u8], out: &mut Vec<u8>) {
     out.extend_from_slice(MAGIC);
+    if status != 200 {
+        out.extend_from_slice(format!("Status: {status}\r\n").as_bytes());
+    }
     for &(name, value) in headers {
         let Some(name) = kept_header(name) else {
             continue;
@@ -59,8 +64,11 @@ pub fn encode(headers: &[(&[u8], &[u8])], body: &[u8], out: &mut Vec<u8>) {
 }
 
 /// Size of the stored form, to allocate once.
-pub fn encoded_len(headers: &[(&[u8], &[u8])], body: &[u8]) -> usize {
+pub fn encoded_len(status: u16, headers: &[(&[u8], &[u8])], body: &[u8]) -> usize {
     let mut n = MAGIC.len() + 2 + body.len();
+    if status != 200 {
+        n += format!("Status: {status}\r\n").len();
+    }
     for &(name, value) in headers {
         if kept_header(name).is_some() && !value.iter().any(|&b| b == b'\r' || b == b'\n') {
             n += name.len() + 2 + value.len() + 2;
@@ -72,6 +80,7 @@ pub fn encoded_len(headers: &[(&[u8], &[u8])], body: &[u8]) -> usize {
 /// A stored page, read back.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Page<'a> {
+    pub status: u16,
     pub headers: Vec<(&'static str, &'a [u8])>,
     pub body: &'a [u8],
 }
@@ -79,6 +88,7 @@ pub struct Page<'a> {
 /// Reads a value stored with [`STORED_FLAG`]; `None` if it is not in the stored form.
 pub fn decode(value: &[u8]) -> Option<Page<'_>> {
     let mut rest = value.strip_prefix(MAGIC)?;
+    let mut status = 200;
     let mut headers = Vec::new();
     loop {
         let end = rest.windows(2).position(|w| w == b"\r\n")?;
@@ -86,16 +96,23 @@ pub fn decode(value: &[u8]) -> Option<Page<'_>> {
         rest = &rest[end + 2..];
         if line.is_empty() {
             return Some(Page {
+                status,
                 headers,
                 body: rest,
             });
         }
         let colon = line.iter().position(|&b| b == b':')?;
-        let name = kept_header(&line[..colon])?;
         let value = line[colon + 1..]
             .strip_prefix(b" ")
             .unwrap_or(&line[colon + 1..]);
-        headers.push((name, value));
+        if &line[..colon] == b"Status" {
+            status = core::str::from_utf8(value).ok()?.parse().ok()?;
+            if !(200..=599).contains(&status) {
+                return None;
+            }
+            continue;
+        }
+        headers.push((kept_header(&line[..colon])?, value));
     }
 }
 
@@ -116,9 +133,10 @@ mod tests {
         ];
         let body = b"\x1f\x8b binary \r\n\r\n body";
         let mut out = Vec::new();
-        encode(headers, body, &mut out);
-        assert_eq!(out.len(), encoded_len(headers, body));
+        encode(200, headers, body, &mut out);
+        assert_eq!(out.len(), encoded_len(200, headers, body));
         let page = decode(&out).unwrap();
+        assert_eq!(page.status, 200);
         assert_eq!(
             page.headers,
             vec![
@@ -133,15 +151,30 @@ mod tests {
     #[test]
     fn an_empty_page() {
         let mut out = Vec::new();
-        encode(&[], b"", &mut out);
+        encode(200, &[], b"", &mut out);
         assert_eq!(out, b"RCACHE/1\r\n\r\n");
         assert_eq!(
             decode(&out),
             Some(Page {
+                status: 200,
                 headers: vec![],
                 body: b""
             })
         );
+    }
+
+    #[test]
+    fn other_statuses_and_redirects_keep_their_status_and_location() {
+        let headers: &[(&[u8], &[u8])] = &[(b"Location", b"/new/")];
+        let mut out = Vec::new();
+        encode(301, headers, b"moved", &mut out);
+        assert_eq!(out.len(), encoded_len(301, headers, b"moved"));
+        assert!(out.starts_with(b"RCACHE/1\r\nStatus: 301\r\nLocation: /new/\r\n\r\n"));
+        let page = decode(&out).unwrap();
+        assert_eq!(page.status, 301);
+        assert_eq!(page.headers, vec![("Location", &b"/new/"[..])]);
+        assert_eq!(decode(b"RCACHE/1\r\nStatus: 99\r\n\r\n"), None);
+        assert_eq!(decode(b"RCACHE/1\r\nStatus: abc\r\n\r\n"), None);
     }
 
     #[test]
