@@ -35,7 +35,7 @@ debian_nginx_pkgs=(nginx nginx-dev)
 # The cluster tests write keys with the clients apps use (pylibmc from Debian; pymemcache
 # comes from PyPI into target/pyenv, see scripts/python-env.sh).
 test_pkgs=(python3-venv python3-pylibmc)
-bench_pkgs=(wrk)
+bench_pkgs=(wrk valgrind strace python3-matplotlib)
 lint_pkgs=(shellcheck)
 # Daemons shipped by the packages above that must not be left running / enabled.
 service_pkgs=(nginx memcached)

@@ -1,0 +1,1 @@
+"""rcache's benchmark harness: see bench/README.md. Entry point: bench/run."""
