@@ -19,6 +19,8 @@ use ngx::core::{NGX_CONF_ERROR, NGX_CONF_OK};
 use ngx::ffi::*;
 use ngx::{ngx_conf_log_error, ngx_log_error};
 
+use crate::value::Value;
+
 /// Smallest zone: a few slab pages besides the bookkeeping.
 const MIN_ZONE_SIZE: usize = 32 * 1024;
 
@@ -445,7 +447,7 @@ pub unsafe fn remove(zone: *mut ngx_shm_zone_t, key: &[u8]) {
 pub unsafe fn store(
     zone: *mut ngx_shm_zone_t,
     key: &[u8],
-    value: &[u8],
+    value: Value,
     flags: u32,
     ttl: ngx_msec_t,
     max_item: usize,
@@ -472,7 +474,7 @@ pub unsafe fn store(
         }
         let data = (e as *mut u8).add(size_of::<Entry>());
         ptr::copy_nonoverlapping(key.as_ptr(), data, key.len());
-        ptr::copy_nonoverlapping(value.as_ptr(), data.add(key.len()), value.len());
+        value.copy_to(slice::from_raw_parts_mut(data.add(key.len()), value.len()));
         ptr::write_bytes(e, 0, 1);
         (*e).sn.node.key = hash(key) as ngx_rbtree_key_t;
         (*e).sn.str_ = ngx_str_t {

@@ -14,6 +14,7 @@ use crate::front;
 use crate::key::{self, MAX_KEY_LEN};
 use crate::store::page::{self, STORED_FLAG};
 use crate::upstream::{self, Failure};
+use crate::value::Value;
 use crate::variables::{self, CacheStatus, FrontStatus};
 
 /// Why a request is not answered from memcached.
@@ -84,7 +85,7 @@ pub unsafe extern "C" fn content_handler(r: *mut ngx_http_request_t) -> ngx_int_
         if let Some(fc) = lcf.front.as_ref() {
             if let Some(page) = front::lookup(fc.zone, key, (*r).pool) {
                 variables::set_front(r, FrontStatus::Hit);
-                return serve_hit(r, page.value, page.flags);
+                return serve_hit(r, Value::whole(page.value), page.flags);
             }
             variables::set_front(r, FrontStatus::Miss);
         }
@@ -218,7 +219,7 @@ unsafe fn memcached_key<'a>(r: *mut ngx_http_request_t, purge: bool) -> Result<&
 /// # Safety
 /// `r` must be a live request whose response has not started; `value` must
 /// stay valid until the request ends (it lives in `r->pool`).
-pub unsafe fn serve_hit(r: *mut ngx_http_request_t, value: &[u8], flags: u32) -> ngx_int_t {
+pub unsafe fn serve_hit(r: *mut ngx_http_request_t, value: Value, flags: u32) -> ngx_int_t {
     // SAFETY: r is live; headers and buffers are allocated from its pool.
     unsafe {
         let lcf = crate::loc_conf(r);
@@ -229,7 +230,13 @@ pub unsafe fn serve_hit(r: *mut ngx_http_request_t, value: &[u8], flags: u32) ->
 
         // A page rcache stored carries its headers; any other value is raw bytes.
         let mut status = NGX_HTTP_OK as ngx_uint_t;
-        let (mut body, gzipped) = if flags & STORED_FLAG != 0 {
+        let stored = flags & STORED_FLAG != 0;
+        let mut gzipped = !stored && flags & lcf.gzip_mask() != 0;
+        let mut body = value;
+        if stored {
+            let Some(value) = in_one_piece(r, value) else {
+                return NGX_ERROR as ngx_int_t;
+            };
             let Some(page) = page::decode(value) else {
                 ngx_log_error!(
                     NGX_LOG_ERR,
@@ -240,7 +247,6 @@ pub unsafe fn serve_hit(r: *mut ngx_http_request_t, value: &[u8], flags: u32) ->
                 return fall_back(r, Verdict::Miss);
             };
             status = ngx_uint_t::from(page.status);
-            let mut gzipped = false;
             for &(name, value) in &page.headers {
                 if name == "Content-Encoding" {
                     gzipped = value.eq_ignore_ascii_case(b"gzip");
@@ -248,10 +254,8 @@ pub unsafe fn serve_hit(r: *mut ngx_http_request_t, value: &[u8], flags: u32) ->
                     return NGX_ERROR as ngx_int_t;
                 }
             }
-            (page.body, gzipped)
-        } else {
-            (value, flags & lcf.gzip_mask() != 0)
-        };
+            body = Value::whole(page.body);
+        }
         if gzipped {
             if accepts_gzip(r) {
                 let Some(h) = add_header(r, ngx_string!("Content-Encoding"), ngx_string!("gzip"))
@@ -260,14 +264,24 @@ pub unsafe fn serve_hit(r: *mut ngx_http_request_t, value: &[u8], flags: u32) ->
                 };
                 (*r).headers_out.content_encoding = h;
             } else {
-                match gunzip(r, body, lcf.max_size) {
-                    Some(plain) => body = plain,
+                let Some(gz) = in_one_piece(r, body) else {
+                    return NGX_ERROR as ngx_int_t;
+                };
+                match gunzip(r, gz, lcf.max_size) {
+                    Some(plain) => body = Value::whole(plain),
                     None => return fall_back(r, Verdict::Miss),
                 }
             }
             if add_header(r, ngx_string!("Vary"), ngx_string!("Accept-Encoding")).is_none() {
                 return NGX_ERROR as ngx_int_t;
             }
+        }
+        // nginx serves several ranges only from a body in one buffer.
+        if !(*r).headers_in.range.is_null() {
+            let Some(whole) = in_one_piece(r, body) else {
+                return NGX_ERROR as ngx_int_t;
+            };
+            body = Value::whole(whole);
         }
 
         variables::set_status(r, CacheStatus::Hit);
@@ -283,29 +297,80 @@ pub unsafe fn serve_hit(r: *mut ngx_http_request_t, value: &[u8], flags: u32) ->
         if rc == NGX_ERROR as ngx_int_t || rc > NGX_OK as ngx_int_t || (*r).header_only() != 0 {
             return rc;
         }
-
-        let b = ngx_pcalloc((*r).pool, size_of::<ngx_buf_t>()) as *mut ngx_buf_t;
-        if b.is_null() {
-            return NGX_ERROR as ngx_int_t;
+        match body_chain(r, body) {
+            Some(out) => ngx_http_output_filter(r, out),
+            None => NGX_ERROR as ngx_int_t,
         }
-        let last_buf = ptr::eq(r, (*r).main);
-        if !body.is_empty() {
-            let start = body.as_ptr().cast_mut();
+    }
+}
+
+/// The body as a chain of in-memory buffers, one per piece, the last one
+/// marked as the end of the response (of the subrequest's part of it).
+///
+/// # Safety
+/// `r` must be a live request; `body` must live as long as it.
+unsafe fn body_chain(r: *mut ngx_http_request_t, body: Value) -> Option<*mut ngx_chain_t> {
+    // SAFETY: buffers and links are allocated from r->pool and point into body.
+    unsafe {
+        let mut out: *mut ngx_chain_t = ptr::null_mut();
+        let mut next = &mut out;
+        let mut last = ptr::null_mut::<ngx_buf_t>();
+        for piece in body.pieces() {
+            let b = ngx_pcalloc((*r).pool, size_of::<ngx_buf_t>()) as *mut ngx_buf_t;
+            let cl = ngx_alloc_chain_link((*r).pool);
+            if b.is_null() || cl.is_null() {
+                return None;
+            }
+            let start = piece.as_ptr().cast_mut();
             (*b).start = start;
             (*b).pos = start;
-            (*b).last = start.add(body.len());
+            (*b).last = start.add(piece.len());
             (*b).end = (*b).last;
             (*b).set_memory(1);
-        } else if !last_buf {
-            (*b).set_sync(1);
+            (*cl).buf = b;
+            (*cl).next = ptr::null_mut();
+            *next = cl;
+            next = &mut (*cl).next;
+            last = b;
         }
-        (*b).set_last_buf(u32::from(last_buf));
-        (*b).set_last_in_chain(1);
-        let mut out = ngx_chain_t {
-            buf: b,
-            next: ptr::null_mut(),
-        };
-        ngx_http_output_filter(r, &mut out)
+        let last_buf = ptr::eq(r, (*r).main);
+        if last.is_null() {
+            // An empty page: one special buffer ends the response.
+            last = ngx_pcalloc((*r).pool, size_of::<ngx_buf_t>()) as *mut ngx_buf_t;
+            let cl = ngx_alloc_chain_link((*r).pool);
+            if last.is_null() || cl.is_null() {
+                return None;
+            }
+            if !last_buf {
+                (*last).set_sync(1);
+            }
+            (*cl).buf = last;
+            (*cl).next = ptr::null_mut();
+            out = cl;
+        }
+        (*last).set_last_buf(u32::from(last_buf));
+        (*last).set_last_in_chain(1);
+        Some(out)
+    }
+}
+
+/// `value` as one slice in `r->pool`, joining its pieces if it has two.
+///
+/// # Safety
+/// `r` must be a live request; `value` must live as long as it.
+unsafe fn in_one_piece<'a>(r: *mut ngx_http_request_t, value: Value<'a>) -> Option<&'a [u8]> {
+    if let Some(bytes) = value.as_slice() {
+        return Some(bytes);
+    }
+    // SAFETY: the copy is allocated from r->pool and fully written.
+    unsafe {
+        let out = ngx_palloc((*r).pool, value.len()) as *mut u8;
+        if out.is_null() {
+            return None;
+        }
+        let out = slice::from_raw_parts_mut(out, value.len());
+        value.copy_to(out);
+        Some(out)
     }
 }
 

@@ -27,6 +27,11 @@ pub fn escaped_len(raw: &[u8]) -> usize {
 /// Writes `raw`, escaped, to the start of `out` and returns the number of bytes
 /// written. `out` must hold at least `escaped_len(raw)` bytes.
 pub fn write_escaped(raw: &[u8], out: &mut [u8]) -> usize {
+    if !raw.iter().any(|&b| needs_escape(b)) {
+        // The usual key: nothing to escape.
+        out[..raw.len()].copy_from_slice(raw);
+        return raw.len();
+    }
     let mut n = 0;
     for &b in raw {
         if needs_escape(b) {

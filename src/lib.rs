@@ -33,6 +33,7 @@ mod protocol;
 mod store;
 mod target;
 mod upstream;
+mod value;
 mod variables;
 
 static MODULE_CTX: ngx_http_module_t = ngx_http_module_t {

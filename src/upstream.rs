@@ -3,10 +3,12 @@
 //! nginx connects (through the balancer and rcache's pool, see `peer.rs`),
 //! sends `get <key>`, and reads with rcache's timeouts; `process_header` is
 //! fed everything received so far and reads the *whole* reply before deciding
-//! anything. As soon as the reply says the key is stored, the buffer is
-//! resized to hold the entire reply (bounded by `rcache_max_size`), so a large
-//! page is read in a few big `recv`s instead of buffer-size pieces, and no
-//! header is sent to the client before every byte of the value is here.
+//! anything. As soon as the reply says the key is stored, room is made for the
+//! entire reply (bounded by `rcache_max_size`), so a large page is read in a
+//! few big `recv`s instead of buffer-size pieces, and no header is sent to the
+//! client before every byte of the value is here. The room is a second buffer
+//! for the rest of the reply: the value bytes of the first read stay where they
+//! are (a [`Value`] in two pieces) rather than being copied into a bigger one.
 //!
 //! Once the reply is complete (or broken), rcache takes the request over from
 //! the upstream module: it finishes the upstream — which releases the
@@ -21,7 +23,8 @@ use ngx::ffi::*;
 use ngx::{ngx_log_error, ngx_string};
 
 use crate::handler::{self, Verdict};
-use crate::protocol::{self, LineReply, Parsed, ValueHeader};
+use crate::protocol::{self, LineReply, Parsed, ProtocolError, ValueHeader};
+use crate::value::Value;
 
 /// Why memcached could not be used for a request.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -57,6 +60,26 @@ struct Lookup {
     key_len: usize,
     /// `delete` (a `PURGE` request) rather than `get`.
     purge: bool,
+    /// Set while the rest of a large value is read into a second buffer.
+    head: Option<Head>,
+}
+
+/// The first read of a value larger than it: where the value's first bytes
+/// are, and the buffer that holds them (given back to nginx on a retry).
+#[derive(Clone, Copy)]
+struct Head {
+    header: ValueHeader,
+    value: *const u8,
+    len: usize,
+    buffer_start: *mut u8,
+    buffer_end: *mut u8,
+}
+
+impl Head {
+    fn value(&self) -> &[u8] {
+        // SAFETY: value points into the first read buffer, in r->pool.
+        unsafe { slice::from_raw_parts(self.value, self.len) }
+    }
 }
 
 impl Lookup {
@@ -186,6 +209,7 @@ unsafe fn build_request(
                 key: (*b).start.add(command.len()),
                 key_len: escaped_len,
                 purge,
+                head: None,
             },
         );
         Some(lookup)
@@ -203,9 +227,20 @@ unsafe extern "C" fn create_request(r: *mut ngx_http_request_t) -> ngx_int_t {
     NGX_OK as ngx_int_t
 }
 
-/// Before a retry on another connection; nginx rewinds the request and
-/// reply buffers itself, and the parser keeps no state of its own.
-unsafe extern "C" fn reinit_request(_r: *mut ngx_http_request_t) -> ngx_int_t {
+/// Before a retry on another connection; nginx then rewinds the request and
+/// reply buffers itself. A value half read into a second buffer is dropped:
+/// the retry reads into the first buffer again, from its start.
+unsafe extern "C" fn reinit_request(r: *mut ngx_http_request_t) -> ngx_int_t {
+    // SAFETY: nginx calls this with a live request and its upstream.
+    unsafe {
+        if let Some(lookup) = lookup_mut(r) {
+            if let Some(head) = lookup.head.take() {
+                let b = &mut (*(*r).upstream).buffer;
+                b.start = head.buffer_start;
+                b.end = head.buffer_end;
+            }
+        }
+    }
     NGX_OK as ngx_int_t
 }
 
@@ -218,17 +253,29 @@ unsafe extern "C" fn process_header(r: *mut ngx_http_request_t) -> ngx_int_t {
     // SAFETY: nginx calls this with a live request whose upstream buffer
     // holds the bytes received; the lookup ctx was set by start().
     unsafe {
-        let Some(lookup) = lookup(r) else {
+        let Some(&lookup) = lookup(r) else {
             return NGX_ERROR as ngx_int_t;
         };
         let u = &mut *(*r).upstream;
         if lookup.purge {
-            return purge_reply(r, lookup);
+            return purge_reply(r, &lookup);
         }
         let received = slice::from_raw_parts(
             u.buffer.pos,
             u.buffer.last.offset_from(u.buffer.pos) as usize,
         );
+        if let Some(head) = lookup.head {
+            let missing = head.header.len - head.len;
+            return match protocol::parse_value_rest(received, missing) {
+                Ok(false) => NGX_AGAIN as ngx_int_t,
+                Ok(true) => {
+                    u.set_keepalive(1);
+                    let value = Value::split(head.value(), &received[..missing]);
+                    take_over(r, Outcome::Hit(value, head.header.flags))
+                }
+                Err(err) => invalid_reply(r, &lookup, err),
+            };
+        }
 
         match protocol::parse_reply(received, lookup.key()) {
             Ok(Parsed::NeedLine) => NGX_AGAIN as ngx_int_t,
@@ -239,9 +286,7 @@ unsafe extern "C" fn process_header(r: *mut ngx_http_request_t) -> ngx_int_t {
                     // The value is not read: the connection is not reusable.
                     return take_over(r, Outcome::NotServed(verdict));
                 }
-                // Room for the whole reply plus one byte, so that anything
-                // sent after END shows up as trailing data.
-                if !grow_buffer(r, reply_len + 1) {
+                if !make_room(r, header, reply_len) {
                     return take_over(r, Outcome::NotServed(Verdict::Error(Failure::Error)));
                 }
                 NGX_AGAIN as ngx_int_t
@@ -259,24 +304,37 @@ unsafe extern "C" fn process_header(r: *mut ngx_http_request_t) -> ngx_int_t {
                 match servable(r, &header, lookup.key()) {
                     Err(verdict) => take_over(r, Outcome::NotServed(verdict)),
                     Ok(()) => {
-                        let value = &received[header.value_range()];
+                        let value = Value::whole(&received[header.value_range()]);
                         take_over(r, Outcome::Hit(value, header.flags))
                     }
                 }
             }
 
-            Err(err) => {
-                record_status(u, NGX_HTTP_BAD_GATEWAY);
-                ngx_log_error!(
-                    NGX_LOG_ERR,
-                    (*(*r).connection).log,
-                    "rcache: {} for key \"{}\" while reading response from upstream",
-                    err,
-                    String::from_utf8_lossy(lookup.key())
-                );
-                take_over(r, Outcome::NotServed(Verdict::Error(Failure::Protocol)))
-            }
+            Err(err) => invalid_reply(r, &lookup, err),
         }
+    }
+}
+
+/// A reply that is no valid answer to the `get`: logged, and an ERROR.
+///
+/// # Safety
+/// As `process_header`.
+unsafe fn invalid_reply(
+    r: *mut ngx_http_request_t,
+    lookup: &Lookup,
+    err: ProtocolError,
+) -> ngx_int_t {
+    // SAFETY: forwarded contract.
+    unsafe {
+        record_status(&mut *(*r).upstream, NGX_HTTP_BAD_GATEWAY);
+        ngx_log_error!(
+            NGX_LOG_ERR,
+            (*(*r).connection).log,
+            "rcache: {} for key \"{}\" while reading response from upstream",
+            err,
+            String::from_utf8_lossy(lookup.key())
+        );
+        take_over(r, Outcome::NotServed(Verdict::Error(Failure::Protocol)))
     }
 }
 
@@ -381,29 +439,60 @@ unsafe fn servable(
     Ok(())
 }
 
-/// Makes the reply buffer hold at least `size` bytes, keeping what it has.
+/// Makes room for the rest of a value reply of `reply_len` bytes, plus one
+/// byte so that anything sent after END shows up as trailing data.
+///
+/// When the first read buffer is too small, the value bytes it holds stay
+/// there (the lookup's [`Head`]) and a second buffer takes the rest; only if
+/// the first read already ended inside `\r\nEND\r\n` are its bytes copied
+/// into one buffer for the whole reply (the trailer must be checked whole).
 ///
 /// # Safety
-/// `r` must be a live request with an upstream buffer.
-unsafe fn grow_buffer(r: *mut ngx_http_request_t, size: usize) -> bool {
-    // SAFETY: the new buffer comes from r->pool; the old one is released to
-    // it (ngx_pfree frees only large blocks, which a 16k buffer is).
+/// `r` must be a live rcache lookup with its upstream buffer.
+unsafe fn make_room(r: *mut ngx_http_request_t, header: ValueHeader, reply_len: usize) -> bool {
+    // SAFETY: the new buffer comes from r->pool; the first one stays
+    // allocated (it holds the value's head) until the request ends.
     unsafe {
+        let Some(lookup) = lookup_mut(r) else {
+            return false;
+        };
         let b = &mut (*(*r).upstream).buffer;
         let capacity = b.end.offset_from(b.start) as usize;
-        if capacity >= size {
+        if capacity > reply_len {
             return true;
         }
+        let received = b.last.offset_from(b.pos) as usize;
+        let keep = (received - header.line_len).min(header.len);
+        let (size, carried) = if received - header.line_len > header.len {
+            // Part of the trailer came with the first read: one buffer for all.
+            (reply_len + 1, received)
+        } else {
+            (reply_len + 1 - (header.line_len + keep), 0)
+        };
         let start = ngx_palloc((*r).pool, size) as *mut u8;
         if start.is_null() {
             return false;
         }
-        let have = b.last.offset_from(b.pos) as usize;
-        ptr::copy_nonoverlapping(b.pos, start, have);
-        ngx_pfree((*r).pool, b.start.cast());
+        if carried > 0 {
+            ptr::copy_nonoverlapping(b.pos, start, carried);
+            // ngx_pfree frees only large blocks, which a 16k buffer is.
+            ngx_pfree((*r).pool, b.start.cast());
+            b.start = start;
+            b.pos = start;
+            b.last = start.add(carried);
+            b.end = start.add(size);
+            return true;
+        }
+        lookup.head = Some(Head {
+            header,
+            value: b.pos.add(header.line_len),
+            len: keep,
+            buffer_start: b.start,
+            buffer_end: b.end,
+        });
         b.start = start;
         b.pos = start;
-        b.last = start.add(have);
+        b.last = start;
         b.end = start.add(size);
         true
     }
@@ -411,7 +500,7 @@ unsafe fn grow_buffer(r: *mut ngx_http_request_t, size: usize) -> bool {
 
 /// How a lookup ends.
 enum Outcome<'a> {
-    Hit(&'a [u8], u32),
+    Hit(Value<'a>, u32),
     /// memcached has no value for the key: a MISS that `rcache_store` may fill.
     Absent,
     NotServed(Verdict),
@@ -478,7 +567,7 @@ unsafe fn take_over(r: *mut ngx_http_request_t, outcome: Outcome) -> ngx_int_t {
 ///
 /// # Safety
 /// `r` must be an rcache request with its lookup context.
-unsafe fn keep_in_front(r: *mut ngx_http_request_t, value: &[u8], flags: u32) {
+unsafe fn keep_in_front(r: *mut ngx_http_request_t, value: Value, flags: u32) {
     // SAFETY: the location conf and lookup context belong to r.
     unsafe {
         let lcf = crate::loc_conf(r);
@@ -525,4 +614,11 @@ pub unsafe fn lookup_key<'a>(r: *mut ngx_http_request_t) -> Option<&'a [u8]> {
 unsafe fn lookup<'a>(r: *mut ngx_http_request_t) -> Option<&'a Lookup> {
     // SAFETY: the ctx slot holds NULL or the Lookup set by start().
     unsafe { (*(*r).ctx.add(crate::module().ctx_index) as *const Lookup).as_ref() }
+}
+
+/// # Safety
+/// `r` must be a live request; no other reference to its lookup may be held.
+unsafe fn lookup_mut<'a>(r: *mut ngx_http_request_t) -> Option<&'a mut Lookup> {
+    // SAFETY: as lookup().
+    unsafe { (*(*r).ctx.add(crate::module().ctx_index) as *mut Lookup).as_mut() }
 }

@@ -90,6 +90,94 @@ fn hit_is_byte_exact_for_1_byte_10_kib_and_1_mib() {
 }
 
 #[test]
+fn a_page_larger_than_the_first_read_works_with_ranges_gzip_head_and_ssi() {
+    // rcache reads the first 16 KiB of a reply and the rest of a larger value into a
+    // second buffer: the page is then in two pieces, which every path must handle.
+    let site = Site::start(
+        "location / {
+            rcache_pass 127.0.0.1:{mc};
+            rcache_fallback @app;
+            rcache_gzip_flag 2;
+        }
+        location /ssi/ {
+            ssi on;
+            rcache_pass 127.0.0.1:{mc};
+            rcache_fallback @app;
+        }",
+    );
+    let value = bytes(100_000, 3);
+    site.mc.set_raw(b"/big", &value, 0, 0);
+
+    let mut c = KeepAliveClient::connect(site.port()).unwrap();
+    let r = c.get("/big").unwrap();
+    assert!(r.status == 200 && r.body == value, "{}", r.status);
+
+    // One range across the two pieces, several ranges (nginx needs one buffer for those).
+    let r = c
+        .request("GET", "/big", &[("Range", "bytes=16000-17000")], None)
+        .unwrap();
+    assert_eq!(r.status, 206);
+    assert!(r.body == value[16000..=17000], "single range");
+    let r = c
+        .request(
+            "GET",
+            "/big",
+            &[("Range", "bytes=0-3,50000-50003,99990-")],
+            None,
+        )
+        .unwrap();
+    assert_eq!(r.status, 206);
+    let ct = r.header("content-type").unwrap_or_default().to_string();
+    assert!(ct.starts_with("multipart/byteranges"), "{ct}");
+    for (range, part) in [
+        ("0-3/100000", &value[0..4]),
+        ("50000-50003/100000", &value[50000..50004]),
+        ("99990-99999/100000", &value[99990..]),
+    ] {
+        let head = format!("Content-Range: bytes {range}\r\n\r\n");
+        let at = r
+            .body
+            .windows(head.len())
+            .position(|w| w == head.as_bytes())
+            .unwrap_or_else(|| panic!("no part {range}"));
+        assert!(r.body[at + head.len()..].starts_with(part), "part {range}");
+    }
+
+    let head = c.request("HEAD", "/big", &[], None).unwrap();
+    assert_eq!(head.header("content-length"), Some("100000"));
+    assert!(head.body.is_empty());
+
+    // A gzip value that large (random bytes do not compress), decompressed for a client
+    // that does not accept gzip.
+    let gz = gzip(&value);
+    assert!(gz.len() > 20_000);
+    site.mc.set_raw(b"/big.gz", &gz, 2, 0);
+    let r = c.get("/big.gz").unwrap();
+    assert!(r.status == 200 && r.body == value, "gunzipped");
+    let r = c
+        .request("GET", "/big.gz", &[("Accept-Encoding", "gzip")], None)
+        .unwrap();
+    assert!(r.body == gz, "as stored");
+
+    // Included by SSI: a subrequest's response ends without ending the page.
+    site.mc.set_raw(
+        b"/ssi/page",
+        b"<a><!--# include virtual=\"/big\" --><b>",
+        0,
+        0,
+    );
+    let r = c.get("/ssi/page").unwrap();
+    let mut expected = b"<a>".to_vec();
+    expected.extend_from_slice(&value);
+    expected.extend_from_slice(b"<b>");
+    assert!(r.status == 200 && r.body == expected, "SSI page");
+
+    let entries = site.nginx.wait_access_entries(7, SECOND);
+    assert!(entries.iter().all(|e| e.rcache == "HIT"), "{entries:?}");
+    assert_eq!(site.app.requests(), 0);
+}
+
+#[test]
 fn head_gets_the_headers_of_the_page_and_no_body() {
     let site = Site::start(CACHED);
     site.mc.set_raw(b"/about/", &bytes(5000, 1), 0, 0);

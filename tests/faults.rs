@@ -456,6 +456,10 @@ fn hit_split_at_every_byte_boundary_is_served_whole() {
             }
             return steps;
         }
+        if let Some(len) = key.strip_prefix("/edge/") {
+            let len: usize = len.parse().expect("value length");
+            return vec![Step::Write(value_reply(&key, 0, &bytes(len, 9)))];
+        }
         if let Some(cuts) = key.strip_prefix("/big/") {
             let reply = value_reply(&key, 0, &big_value());
             let cuts: Vec<usize> = cuts.split('-').map(|c| c.parse().expect("cut")).collect();
@@ -508,13 +512,23 @@ fn hit_split_at_every_byte_boundary_is_served_whole() {
     let r = client.get(&path).expect("keep-alive GET");
     assert_hit_response(&r, &path, &big);
 
+    // Values ending around the first read's 16 KiB, in one write: the reply fits the
+    // first buffer, or the trailer or value straddles its end.
+    let edge_line = "VALUE /edge/00000 0 00000\r\n".len();
+    for reply_len in 16_370..16_400 {
+        let len = reply_len - edge_line - 7;
+        let path = format!("/edge/{len:05}");
+        let r = client.get(&path).expect("keep-alive GET");
+        assert_hit_response(&r, &path, &bytes(len, 9));
+    }
+
     // Every reply was clean: one pooled connection carried all of them.
     assert_eq!(
         fake.connections(),
         1,
         "clean replies must leave the connection pooled and reused"
     );
-    let entries = rig.nginx.wait_access_entries(reply_len + 10, SECOND);
+    let entries = rig.nginx.wait_access_entries(reply_len + 40, SECOND);
     assert!(entries.iter().all(|e| e.rcache == "HIT" && e.status == 200));
     rig.assert_no_serious_log_lines();
 }
@@ -916,11 +930,19 @@ fn a_connect_timeout_falls_back_within_the_connect_timeout() {
 fn a_pooled_connection_that_fails_is_retried_once_on_a_new_one() {
     // "/<how>/warm" is always answered; "/<how>/page" fails whenever it comes on a reused
     // connection (memcached restarted, or dropped the idle connection): "close" (FIN),
-    // "reset" (RST) or "half" (half a reply, then FIN). "/twice/page" fails on every
+    // "reset" (RST), "half" (half a reply, then FIN) or "bighalf" (30 000 bytes of a
+    // 40 000-byte value: past the first read, then FIN). "/twice/page" fails on every
     // connection.
-    let fake = FakeMemcached::start(|req| {
+    let page = |key: &str| {
+        if key.starts_with("/bighalf/") {
+            big_value()
+        } else {
+            good_value(key)
+        }
+    };
+    let fake = FakeMemcached::start(move |req| {
         let key = req.key().unwrap_or_default();
-        let reply = value_reply(&key, 0, &good_value(&key));
+        let reply = value_reply(&key, 0, &page(&key));
         let how = key.split('/').nth(1).unwrap_or("").to_string();
         let fails = key.ends_with("/page") && (req.seq > 0 || how == "twice");
         if !fails {
@@ -929,18 +951,19 @@ fn a_pooled_connection_that_fails_is_retried_once_on_a_new_one() {
         match how.as_str() {
             "close" => vec![Step::Close],
             "half" => truncated(&reply, 20),
+            "bighalf" => truncated(&reply, 30_000),
             _ => vec![Step::Reset],
         }
     });
     let mut rig = Rig::start(&fake.addr().to_string());
-    for how in ["close", "reset", "half"] {
+    for how in ["close", "reset", "half", "bighalf"] {
         let warm = format!("/{how}/warm");
-        rig.assert_hit(&warm, &good_value(&warm));
+        rig.assert_hit(&warm, &page(&warm));
         // The parked connection fails: retried on a new one, the client sees a HIT.
         let path = format!("/{how}/page");
         let before = fake.connections();
         let offset = rig.nginx.error_log_len();
-        rig.assert_hit(&path, &good_value(&path));
+        rig.assert_hit(&path, &page(&path));
         let gets: Vec<_> = fake
             .request_log()
             .into_iter()
@@ -968,7 +991,7 @@ fn a_pooled_connection_that_fails_is_retried_once_on_a_new_one() {
             assert!(!since.contains("[error]"), "{since}");
         }
     }
-    let entries = rig.nginx.wait_access_entries(6, SECOND);
+    let entries = rig.nginx.wait_access_entries(8, SECOND);
     assert!(entries.iter().all(|e| e.rcache == "HIT"), "{entries:?}");
 
     // The new connection fails too: no second retry, ERROR.

@@ -248,7 +248,9 @@ def costs_tables(res):
     if ins:
         lines += ["## nginx instructions per request (callgrind)", "",
                   "User-space instructions of the nginx process (nginx, libc, the module), one "
-                  "keep-alive client, `master_process off`. Repeatable to < 1%, unlike req/s; "
+                  "keep-alive client, `master_process off`. Repeatable to 1–2%, unlike req/s (what "
+                  "still varies: how often nginx updates its cached time, which depends on how "
+                  "many event-loop turns a request takes under valgrind's slowdown); "
                   "but 80–95% of nginx's time on this machine is in the kernel, which this does "
                   "not count (see system calls below and CPU µs above).", "",
                   "| variant | " + " | ".join(sizes) + " |", "|---|" + "--:|" * len(sizes)]
