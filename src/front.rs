@@ -91,24 +91,20 @@ pub unsafe extern "C" fn set_zone(
     unsafe {
         let arg = (*(*cf).args).as_slice::<ngx_str_t>()[1];
         let text = arg.as_bytes();
-        let Some(colon) = text.iter().rposition(|&b| b == b':') else {
-            ngx_conf_log_error!(
-                NGX_LOG_EMERG,
-                cf,
-                "invalid zone \"{}\" in the \"rcache_front_zone\" directive, it must be NAME:SIZE",
-                arg
-            );
-            return NGX_CONF_ERROR;
+        let (name_len, size) = match text.iter().rposition(|&b| b == b':') {
+            Some(colon) if colon > 0 => {
+                let mut size_text = ngx_str_t {
+                    len: text.len() - colon - 1,
+                    data: arg.data.add(colon + 1),
+                };
+                (colon, ngx_parse_size(&mut size_text))
+            }
+            _ => (0, -1),
         };
         let mut name = ngx_str_t {
-            len: colon,
+            len: name_len,
             data: arg.data,
         };
-        let mut size_text = ngx_str_t {
-            len: arg.len - colon - 1,
-            data: arg.data.add(colon + 1),
-        };
-        let size = ngx_parse_size(&mut size_text);
         if name.len == 0 || size < 0 {
             ngx_conf_log_error!(
                 NGX_LOG_EMERG,

@@ -24,12 +24,13 @@ pub fn escaped_len(raw: &[u8]) -> usize {
     raw.len() + 2 * raw.iter().filter(|&&b| needs_escape(b)).count()
 }
 
-/// Writes `raw`, escaped, to the start of `out` and returns the number of bytes
-/// written. `out` must hold at least `escaped_len(raw)` bytes.
+/// Writes `raw`, escaped, to `out`, which must be exactly `escaped_len(raw)`
+/// bytes (the caller has that length already: it checks it against
+/// [`MAX_KEY_LEN`]). Returns the number of bytes written.
 pub fn write_escaped(raw: &[u8], out: &mut [u8]) -> usize {
-    if !raw.iter().any(|&b| needs_escape(b)) {
+    if out.len() == raw.len() {
         // The usual key: nothing to escape.
-        out[..raw.len()].copy_from_slice(raw);
+        out.copy_from_slice(raw);
         return raw.len();
     }
     let mut n = 0;

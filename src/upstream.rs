@@ -260,10 +260,7 @@ unsafe extern "C" fn process_header(r: *mut ngx_http_request_t) -> ngx_int_t {
         if lookup.purge {
             return purge_reply(r, &lookup);
         }
-        let received = slice::from_raw_parts(
-            u.buffer.pos,
-            u.buffer.last.offset_from(u.buffer.pos) as usize,
-        );
+        let received = received_bytes(u);
         if let Some(head) = lookup.head {
             let missing = head.header.len - head.len;
             return match protocol::parse_value_rest(received, missing) {
@@ -346,12 +343,9 @@ unsafe fn purge_reply(r: *mut ngx_http_request_t, lookup: &Lookup) -> ngx_int_t 
     // SAFETY: as process_header.
     unsafe {
         let u = &mut *(*r).upstream;
-        let received = slice::from_raw_parts(
-            u.buffer.pos,
-            u.buffer.last.offset_from(u.buffer.pos) as usize,
-        );
-        match protocol::parse_line_reply(received) {
-            Ok(None) => NGX_AGAIN as ngx_int_t,
+        let key = String::from_utf8_lossy(lookup.key());
+        let problem = match protocol::parse_line_reply(received_bytes(u)) {
+            Ok(None) => return NGX_AGAIN as ngx_int_t,
             Ok(Some(reply @ (LineReply::Deleted | LineReply::NotFound))) => {
                 u.set_keepalive(1);
                 let deleted = reply == LineReply::Deleted;
@@ -363,31 +357,28 @@ unsafe fn purge_reply(r: *mut ngx_http_request_t, lookup: &Lookup) -> ngx_int_t 
                         NGX_HTTP_NOT_FOUND
                     },
                 );
-                take_over(r, Outcome::Purged(Ok(deleted)))
+                return take_over(r, Outcome::Purged(Ok(deleted)));
             }
-            Ok(Some(other)) => {
-                record_status(u, NGX_HTTP_BAD_GATEWAY);
-                ngx_log_error!(
-                    NGX_LOG_ERR,
-                    (*(*r).connection).log,
-                    "rcache: memcached answered {:?} to delete of key \"{}\"",
-                    other,
-                    String::from_utf8_lossy(lookup.key())
-                );
-                take_over(r, Outcome::Purged(Err(Failure::Protocol)))
-            }
-            Err(err) => {
-                record_status(u, NGX_HTTP_BAD_GATEWAY);
-                ngx_log_error!(
-                    NGX_LOG_ERR,
-                    (*(*r).connection).log,
-                    "rcache: {} for key \"{}\" while purging",
-                    err,
-                    String::from_utf8_lossy(lookup.key())
-                );
-                take_over(r, Outcome::Purged(Err(Failure::Protocol)))
-            }
-        }
+            Ok(Some(other)) => format!("memcached answered {other:?} to delete of key \"{key}\""),
+            Err(err) => format!("{err} for key \"{key}\" while purging"),
+        };
+        record_status(u, NGX_HTTP_BAD_GATEWAY);
+        ngx_log_error!(NGX_LOG_ERR, (*(*r).connection).log, "rcache: {}", problem);
+        take_over(r, Outcome::Purged(Err(Failure::Protocol)))
+    }
+}
+
+/// What has been received into the reply buffer (that is not consumed yet).
+///
+/// # Safety
+/// `u` must be a live upstream whose buffer holds `pos..last`.
+unsafe fn received_bytes<'a>(u: &ngx_http_upstream_t) -> &'a [u8] {
+    // SAFETY: per the contract above; the buffer lives in r->pool.
+    unsafe {
+        slice::from_raw_parts(
+            u.buffer.pos,
+            u.buffer.last.offset_from(u.buffer.pos) as usize,
+        )
     }
 }
 
@@ -462,31 +453,32 @@ unsafe fn make_room(r: *mut ngx_http_request_t, header: ValueHeader, reply_len: 
             return true;
         }
         let received = b.last.offset_from(b.pos) as usize;
-        let keep = (received - header.line_len).min(header.len);
-        let (size, carried) = if received - header.line_len > header.len {
+        let value_received = received - header.line_len;
+        if value_received > header.len {
             // Part of the trailer came with the first read: one buffer for all.
-            (reply_len + 1, received)
-        } else {
-            (reply_len + 1 - (header.line_len + keep), 0)
-        };
-        let start = ngx_palloc((*r).pool, size) as *mut u8;
-        if start.is_null() {
-            return false;
-        }
-        if carried > 0 {
-            ptr::copy_nonoverlapping(b.pos, start, carried);
+            let size = reply_len + 1;
+            let start = ngx_palloc((*r).pool, size) as *mut u8;
+            if start.is_null() {
+                return false;
+            }
+            ptr::copy_nonoverlapping(b.pos, start, received);
             // ngx_pfree frees only large blocks, which a 16k buffer is.
             ngx_pfree((*r).pool, b.start.cast());
             b.start = start;
             b.pos = start;
-            b.last = start.add(carried);
+            b.last = start.add(received);
             b.end = start.add(size);
             return true;
+        }
+        let size = header.len - value_received + protocol::TRAILER.len() + 1;
+        let start = ngx_palloc((*r).pool, size) as *mut u8;
+        if start.is_null() {
+            return false;
         }
         lookup.head = Some(Head {
             header,
             value: b.pos.add(header.line_len),
-            len: keep,
+            len: value_received,
             buffer_start: b.start,
             buffer_end: b.end,
         });

@@ -187,6 +187,11 @@ impl Cluster {
             .collect()
     }
 
+    /// `keys` split by [`placement`](Self::placement): those on `server`, and the rest.
+    fn split_by_home(&self, keys: &[Key], server: usize) -> (Vec<Key>, Vec<Key>) {
+        split_by_home(keys, &self.placement(keys), server)
+    }
+
     /// `upstream mc { ... }` with `hash_line` first (e.g. `rcache_hash ketama;`) and one
     /// `server <addr> <params(i)>;` per memcached, in the client's order.
     fn upstream(&self, hash_line: &str, params: impl Fn(usize) -> String) -> String {
@@ -1036,8 +1041,7 @@ fn a_server_that_stays_dead_is_probed_once_per_fail_timeout_and_logged_once() {
     let mut c = Cluster::start();
     let keys = keys("probe", 300);
     c.write(Writer::Pymemcache, &keys);
-    let home = c.placement(&keys);
-    let (dead_keys, live_keys) = split_by_home(&keys, &home, DEAD);
+    let (dead_keys, live_keys) = c.split_by_home(&keys, DEAD);
     let nginx = c
         .nginx(
             &c.upstream("rcache_hash rendezvous;", |_| "fail_timeout=1s".into()),
@@ -1119,8 +1123,7 @@ fn max_fails_3_tries_three_times_then_stops() {
     let mut c = Cluster::start();
     let keys = keys("mf3", 300);
     c.write(Writer::PylibmcKetama, &keys);
-    let home = c.placement(&keys);
-    let (dead_keys, live_keys) = split_by_home(&keys, &home, DEAD);
+    let (dead_keys, live_keys) = c.split_by_home(&keys, DEAD);
     let nginx = c
         .nginx(
             &c.upstream("rcache_hash ketama;", |_| {
@@ -1177,8 +1180,7 @@ fn max_fails_0_never_marks_a_server_down() {
     let mut c = Cluster::start();
     let keys = keys("mf0", 300);
     c.write(Writer::PylibmcModula, &keys);
-    let home = c.placement(&keys);
-    let (dead_keys, live_keys) = split_by_home(&keys, &home, DEAD);
+    let (dead_keys, live_keys) = c.split_by_home(&keys, DEAD);
     let nginx = c
         .nginx(
             &c.upstream("rcache_hash modula;", |_| "max_fails=0".into()),
@@ -1265,8 +1267,7 @@ fn a_server_marked_down_is_never_asked() {
     let c = Cluster::start();
     let keys = keys("down", 300);
     c.write(Writer::PylibmcKetamaWeighted, &keys);
-    let home = c.placement(&keys);
-    let (down_keys, live_keys) = split_by_home(&keys, &home, DOWN);
+    let (down_keys, live_keys) = c.split_by_home(&keys, DOWN);
     let nginx = c
         .nginx(
             &c.upstream("rcache_hash ketama weighted;", |i| {
@@ -1311,8 +1312,7 @@ fn stalled_server_costs_one_read_timeout_then_its_keys_fall_back_at_once() {
     let c = Cluster::start();
     let keys = keys("stall", 300);
     c.write(Writer::PylibmcKetama, &keys);
-    let home = c.placement(&keys);
-    let (stalled_keys, live_keys) = split_by_home(&keys, &home, STALLED);
+    let (stalled_keys, live_keys) = c.split_by_home(&keys, STALLED);
     let nginx = c
         .nginx(
             &c.upstream("rcache_hash ketama;", |_| "fail_timeout=1s".into()),
@@ -1859,8 +1859,7 @@ fn memcached_pass_to_an_rcache_hash_upstream_is_round_robin() {
     // A dead server: stock requests move on to the next server (memcached_next_upstream),
     // rcache lookups for its keys fall back.
     const DEAD: usize = 1;
-    let home = c.placement(&keys);
-    let (dead_keys, live_keys) = split_by_home(&keys, &home, DEAD);
+    let (dead_keys, live_keys) = c.split_by_home(&keys, DEAD);
     c.mcs[DEAD].stop();
     for n in 0..STOCK {
         let r = http::get(nginx.port(), "/stock/page");
@@ -1977,8 +1976,7 @@ fn down_state_across_workers(zone: bool) {
     let mut c = Cluster::start();
     let keys = keys(tag, 300);
     c.write(Writer::Pymemcache, &keys);
-    let home = c.placement(&keys);
-    let (dead_keys, live_keys) = split_by_home(&keys, &home, DEAD);
+    let (dead_keys, live_keys) = c.split_by_home(&keys, DEAD);
     let mut upstream = c.upstream("rcache_hash rendezvous;", |_| "fail_timeout=1s".into());
     if zone {
         upstream = upstream.replace("upstream mc {\n", "upstream mc {\n    zone mc 64k;\n");
@@ -2096,8 +2094,7 @@ fn max_conns_caps_lookups_in_flight_per_server() {
     let c = Cluster::start();
     let keys = keys("maxconns", 300);
     c.write(Writer::PylibmcKetama, &keys);
-    let home = c.placement(&keys);
-    let (slow_keys, live_keys) = split_by_home(&keys, &home, SLOW);
+    let (slow_keys, live_keys) = c.split_by_home(&keys, SLOW);
     let nginx = c
         .nginx(
             &c.upstream("rcache_hash ketama;", |i| {
@@ -2375,8 +2372,7 @@ fn stalled_server_under_concurrent_requests_is_one_failure_episode() {
     let c = Cluster::start();
     let keys = keys("stall20", 300);
     c.write(Writer::PylibmcKetama, &keys);
-    let home = c.placement(&keys);
-    let (stalled_keys, live_keys) = split_by_home(&keys, &home, STALLED);
+    let (stalled_keys, live_keys) = c.split_by_home(&keys, STALLED);
     let nginx = c
         .nginx(
             &c.upstream("rcache_hash ketama;", |_| "fail_timeout=30s".into()),
