@@ -304,21 +304,21 @@ pub unsafe fn serve_hit(r: *mut ngx_http_request_t, value: Value, flags: u32) ->
     }
 }
 
-/// The body as a chain of in-memory buffers, one per piece, the last one
-/// marked as the end of the response (of the subrequest's part of it).
+/// The body as a chain of in-memory buffers, one per piece (one empty buffer
+/// for an empty page), the last one marked as the end of the response (of the
+/// subrequest's part of it).
 ///
 /// # Safety
 /// `r` must be a live request; `body` must live as long as it.
 unsafe fn body_chain(r: *mut ngx_http_request_t, body: Value) -> Option<*mut ngx_chain_t> {
     // SAFETY: buffers and links are allocated from r->pool and point into body.
     unsafe {
-        let mut out: *mut ngx_chain_t = ptr::null_mut();
-        let mut next = &mut out;
-        let mut last = ptr::null_mut::<ngx_buf_t>();
+        let pool = (*r).pool;
+        let mut pieces = [ptr::null_mut::<ngx_buf_t>(); 2];
+        let mut n = 0;
         for piece in body.pieces() {
-            let b = ngx_pcalloc((*r).pool, size_of::<ngx_buf_t>()) as *mut ngx_buf_t;
-            let cl = ngx_alloc_chain_link((*r).pool);
-            if b.is_null() || cl.is_null() {
+            let b = ngx_pcalloc(pool, size_of::<ngx_buf_t>()) as *mut ngx_buf_t;
+            if b.is_null() {
                 return None;
             }
             let start = piece.as_ptr().cast_mut();
@@ -327,29 +327,34 @@ unsafe fn body_chain(r: *mut ngx_http_request_t, body: Value) -> Option<*mut ngx
             (*b).last = start.add(piece.len());
             (*b).end = (*b).last;
             (*b).set_memory(1);
-            (*cl).buf = b;
-            (*cl).next = ptr::null_mut();
-            *next = cl;
-            next = &mut (*cl).next;
-            last = b;
+            pieces[n] = b;
+            n += 1;
         }
         let last_buf = ptr::eq(r, (*r).main);
-        if last.is_null() {
-            // An empty page: one special buffer ends the response.
-            last = ngx_pcalloc((*r).pool, size_of::<ngx_buf_t>()) as *mut ngx_buf_t;
-            let cl = ngx_alloc_chain_link((*r).pool);
-            if last.is_null() || cl.is_null() {
+        if n == 0 {
+            let b = ngx_pcalloc(pool, size_of::<ngx_buf_t>()) as *mut ngx_buf_t;
+            if b.is_null() {
                 return None;
             }
-            if !last_buf {
-                (*last).set_sync(1);
-            }
-            (*cl).buf = last;
-            (*cl).next = ptr::null_mut();
-            out = cl;
+            // An empty subrequest part still has to flow through the filters.
+            (*b).set_sync(u32::from(!last_buf));
+            pieces[0] = b;
+            n = 1;
         }
+        let last = pieces[n - 1];
         (*last).set_last_buf(u32::from(last_buf));
         (*last).set_last_in_chain(1);
+
+        let mut out = ptr::null_mut::<ngx_chain_t>();
+        for &b in pieces[..n].iter().rev() {
+            let cl = ngx_alloc_chain_link(pool);
+            if cl.is_null() {
+                return None;
+            }
+            (*cl).buf = b;
+            (*cl).next = out;
+            out = cl;
+        }
         Some(out)
     }
 }
