@@ -15,7 +15,7 @@
 use core::ffi::{c_char, c_void};
 use core::{ptr, slice};
 
-use ngx::core::{NGX_CONF_ERROR, NGX_CONF_OK};
+use ngx::core::{Status, NGX_CONF_ERROR, NGX_CONF_OK};
 use ngx::ffi::*;
 use ngx::{ngx_conf_log_error, ngx_log_error};
 
@@ -182,7 +182,7 @@ pub unsafe extern "C" fn set_front(
                     data: v.as_ptr().cast_mut(),
                 };
                 let ms = ngx_parse_time(&mut s, 0);
-                if ms == NGX_ERROR as ngx_int_t || ms <= 0 {
+                if ms == Status::NGX_ERROR.0 || ms <= 0 {
                     return bad_param(cf, arg);
                 }
                 ttl = Some(ms as ngx_msec_t);
@@ -287,17 +287,17 @@ unsafe extern "C" fn init_zone(zone: *mut ngx_shm_zone_t, old: *mut c_void) -> n
         if let Some(old) = (old as *const ZoneCtx).as_ref() {
             ctx.shared = old.shared;
             ctx.shpool = old.shpool;
-            return NGX_OK as ngx_int_t;
+            return Status::NGX_OK.into();
         }
         let shpool = (*zone).shm.addr as *mut ngx_slab_pool_t;
         ctx.shpool = shpool;
         if (*zone).shm.exists != 0 {
             ctx.shared = (*shpool).data as *mut Shared;
-            return NGX_OK as ngx_int_t;
+            return Status::NGX_OK.into();
         }
         let shared = ngx_slab_alloc(shpool, size_of::<Shared>()) as *mut Shared;
         if shared.is_null() {
-            return NGX_ERROR as ngx_int_t;
+            return Status::NGX_ERROR.into();
         }
         ngx_rbtree_init(
             &mut (*shared).tree,
@@ -310,7 +310,7 @@ unsafe extern "C" fn init_zone(zone: *mut ngx_shm_zone_t, old: *mut c_void) -> n
         (*shpool).set_log_nomem(0);
         ctx.shared = shared;
     }
-    NGX_OK as ngx_int_t
+    Status::NGX_OK.into()
 }
 
 /// Holds the zone's mutex.
@@ -440,7 +440,7 @@ pub unsafe fn remove(zone: *mut ngx_shm_zone_t, key: &[u8]) {
 ///
 /// # Safety
 /// `zone` must be a front zone.
-pub unsafe fn store(
+pub unsafe fn keep(
     zone: *mut ngx_shm_zone_t,
     key: &[u8],
     value: Value,

@@ -2,39 +2,77 @@
 //! connections, and hand the request to the application on a miss, an error,
 //! or when the visitor must not see a cached page.
 //!
-//! This file wires the module together; each concern has its own file:
+//! This file wires the module together (the descriptor, its configuration
+//! types, postconfiguration); each concern has its own file, and
+//! `ARCHITECTURE.md` is the map. A request flows one way:
 //!
-//! * `conf.rs` — directives, defaults, merging;
-//! * `handler.rs` — the content phase: bypass → lookup → HIT / fallback;
-//! * `upstream.rs` — the memcached exchange on nginx's upstream framework;
-//! * `protocol.rs`, `key.rs`, `gzip.rs` — pure reply parsing, key escaping,
-//!   gzip handling;
-//! * `target.rs`, `peer.rs`, `pool.rs` — hooking into an upstream's balancer,
-//!   per-request peer handling, idle connection pool;
-//! * `balancer/` — `rcache_hash`: the server a key's writer chose;
-//! * `front.rs` — the shared-memory front cache;
-//! * `store/` — `rcache_store` (capture, policy, stored form, write) and purge;
-//! * `variables.rs` — `$rcache_status`, `$rcache_front`.
+//! * `handler.rs` — the content phase: bypass → key → front cache → lookup;
+//! * `upstream.rs` — the memcached exchange (nginx's upstream framework),
+//!   which ends in an [`outcome::Outcome`];
+//! * `respond.rs` — the one place an outcome becomes a response (HIT) or a
+//!   fallback (MISS, BYPASS, ERROR), or a purge's answer.
 
 use core::ffi::c_void;
 use core::ptr;
 
+use ngx::core::Status;
 use ngx::ffi::*;
+use ngx::http::{HttpModule, HttpModuleLocationConf, HttpModuleMainConf, HttpModuleServerConf};
+
+/// `ngx_log_debug` at the http level: compiled in only when nginx is built
+/// `--with-debug`, shown with `error_log ... debug`.
+macro_rules! debug {
+    ($log:expr, $($arg:tt)+) => {
+        ngx::ngx_log_debug!(mask: ngx::log::DebugMask::Http, $log, $($arg)+)
+    };
+}
 
 mod balancer;
+mod commands;
 mod conf;
 mod front;
 mod gzip;
 mod handler;
 mod key;
+mod lookup;
+mod outcome;
 mod peer;
 mod pool;
 mod protocol;
+mod respond;
 mod store;
 mod target;
 mod upstream;
 mod value;
 mod variables;
+
+/// The module's configuration types, for ngx's typed conf lookups
+/// (`HttpRcacheModule::location_conf(r)` and friends).
+pub(crate) struct HttpRcacheModule;
+
+impl HttpModule for HttpRcacheModule {
+    fn module() -> &'static ngx_module_t {
+        // SAFETY: nginx writes the module's indexes while loading the
+        // configuration, before any request runs; afterwards it is only read.
+        unsafe { &*ptr::addr_of!(ngx_http_rcache_module) }
+    }
+}
+
+// SAFETY: main_conf[ctx_index] is the MainConf conf::create_main_conf made.
+unsafe impl HttpModuleMainConf for HttpRcacheModule {
+    type MainConf = conf::MainConf;
+}
+
+// SAFETY: an upstream block's srv_conf[ctx_index] is the HashConf
+// balancer::create_srv_conf made.
+unsafe impl HttpModuleServerConf for HttpRcacheModule {
+    type ServerConf = balancer::HashConf;
+}
+
+// SAFETY: loc_conf[ctx_index] is the LocConf conf::create_loc_conf made.
+unsafe impl HttpModuleLocationConf for HttpRcacheModule {
+    type LocationConf = conf::LocConf;
+}
 
 static MODULE_CTX: ngx_http_module_t = ngx_http_module_t {
     preconfiguration: Some(variables::add),
@@ -58,67 +96,36 @@ ngx::ngx_modules!(ngx_http_rcache_module);
 #[cfg_attr(not(feature = "export-modules"), no_mangle)]
 pub static mut ngx_http_rcache_module: ngx_module_t = ngx_module_t {
     ctx: ptr::addr_of!(MODULE_CTX) as *mut c_void,
-    commands: ptr::addr_of_mut!(conf::COMMANDS) as *mut ngx_command_t,
+    commands: ptr::addr_of_mut!(commands::COMMANDS) as *mut ngx_command_t,
     type_: NGX_HTTP_MODULE as ngx_uint_t,
     ..ngx_module_t::default()
 };
 
-/// The module descriptor (for `ctx_index` and buffer tags).
+/// The module descriptor (for `ctx_index`, buffer and zone tags).
 pub(crate) fn module() -> &'static ngx_module_t {
-    // SAFETY: nginx writes the module's indexes while loading the
-    // configuration, before any request runs; afterwards it is only read.
-    unsafe { &*ptr::addr_of!(ngx_http_rcache_module) }
+    HttpRcacheModule::module()
 }
 
+/// Everything that needs the whole configuration: variable indexes, the store
+/// filters, checks that span locations, and rcache's layer over each balancer.
 unsafe extern "C" fn postconfiguration(cf: *mut ngx_conf_t) -> ngx_int_t {
-    // SAFETY: cf is the http{} configuration being finished; our main conf
-    // was created by create_main_conf.
-    unsafe {
-        let ctx = (*cf).ctx as *mut ngx_http_conf_ctx_t;
-        let mcf = *(*ctx).main_conf.add(module().ctx_index) as *mut conf::MainConf;
-        let [status, front, store] = variables::indexes(cf);
-        if [status, front, store].contains(&(NGX_ERROR as ngx_int_t)) {
-            return NGX_ERROR as ngx_int_t;
-        }
-        (*mcf).status_index = status;
-        (*mcf).front_index = front;
-        (*mcf).store_index = store;
-        if (*mcf).store_used {
-            store::capture::install_filters();
-        }
-        if !front::check_zones(cf) {
-            return NGX_ERROR as ngx_int_t;
-        }
-        if !conf::check_named_fallbacks(cf, mcf) {
-            return NGX_ERROR as ngx_int_t;
-        }
-        target::wrap_peer_init(cf)
+    // SAFETY: nginx calls postconfiguration with the http{} configuration
+    // being finished.
+    let cf = unsafe { &mut *cf };
+    let Some(mcf) = HttpRcacheModule::main_conf_mut(cf) else {
+        return Status::NGX_ERROR.into();
+    };
+    let Some(indexes) = variables::indexes(cf) else {
+        return Status::NGX_ERROR.into();
+    };
+    mcf.variables = indexes;
+    if mcf.store_used {
+        store::capture::install_filters();
     }
-}
-
-/// The location configuration of `r`.
-///
-/// # Safety
-/// `r` must be a live request.
-pub(crate) unsafe fn loc_conf<'a>(r: *const ngx_http_request_t) -> &'a conf::LocConf {
-    // SAFETY: loc_conf[ctx_index] is the LocConf created for r's location.
-    unsafe { &*(*(*r).loc_conf.add(module().ctx_index) as *const conf::LocConf) }
-}
-
-/// The location configuration of `r`, for handing its upstream part to nginx.
-///
-/// # Safety
-/// `r` must be a live request; nginx's upstream module only reads it.
-pub(crate) unsafe fn loc_conf_mut<'a>(r: *const ngx_http_request_t) -> &'a mut conf::LocConf {
-    // SAFETY: as loc_conf.
-    unsafe { &mut *(*(*r).loc_conf.add(module().ctx_index) as *mut conf::LocConf) }
-}
-
-/// The http-level configuration of `r`.
-///
-/// # Safety
-/// `r` must be a live request.
-pub(crate) unsafe fn main_conf(r: *const ngx_http_request_t) -> *const conf::MainConf {
-    // SAFETY: main_conf[ctx_index] is our MainConf.
-    unsafe { *(*r).main_conf.add(module().ctx_index) as *const conf::MainConf }
+    // SAFETY: the configuration is complete; its shared zones are listed.
+    if !unsafe { front::check_zones(cf) } || !conf::check_named_fallbacks(cf, mcf) {
+        return Status::NGX_ERROR.into();
+    }
+    peer::wrap_balancers(&mcf.targets);
+    Status::NGX_OK.into()
 }

@@ -1,7 +1,11 @@
-//! rcache's layer over an upstream's balancer, per request.
+//! rcache's layer over an upstream's balancer, per request — as nginx's
+//! keepalive module wraps a balancer.
 //!
-//! `init_peer` runs the balancer's own init, then, for rcache requests only,
-//! puts `get`/`free` of its own in front of the balancer's:
+//! At postconfiguration [`wrap_balancers`] puts [`init_pooled_peer`] in front
+//! of every rcache upstream's own per-request init (the upstream module has
+//! run each balancer's `init_upstream` by then, so `peer.init` is final). For
+//! rcache requests only, it then puts `get`/`free` of its own in front of the
+//! balancer's:
 //!
 //! * `get` hands out an idle pooled connection to the server the balancer
 //!   chose, if there is one (no connect, no handshake);
@@ -12,16 +16,38 @@
 //!   `next_upstream` lets it), so this one place sees connect errors,
 //!   timeouts and resets alike — and memcached trouble never turns into the
 //!   upstream module's own 502/504 page.
+//!
+//! So every rcache request gets pooled connections and rcache's failure
+//! handling whatever balancer the upstream uses — also for `rcache_pass
+//! host:port`, which has no `upstream {}` block where a `keepalive` line
+//! could go.
 
 use core::ffi::c_void;
 use core::ptr;
 
+use ngx::core::Status;
 use ngx::ffi::*;
+use ngx::http::{HttpModuleLocationConf, HttpModuleMainConf};
 use ngx::ngx_log_error;
 
+use crate::lookup;
+use crate::outcome::Failure;
 use crate::pool::addr_bytes;
-use crate::target::{self, Target};
-use crate::upstream::{self, Failure};
+use crate::target::{Target, Targets};
+use crate::upstream;
+use crate::HttpRcacheModule;
+
+/// Postconfiguration: wrap the per-request peer init of every rcache upstream.
+pub fn wrap_balancers(targets: &Targets) {
+    for t in targets.iter() {
+        // SAFETY: targets and their upstreams live as long as the configuration.
+        unsafe {
+            let uscf = (*t).uscf;
+            (*t).balancer_init_peer = (*uscf).peer.init;
+            (*uscf).peer.init = Some(init_pooled_peer);
+        }
+    }
+}
 
 /// Per-request state of the wrapper.
 #[derive(Clone, Copy)]
@@ -42,43 +68,50 @@ struct PeerData {
 }
 
 /// `peer.init` of every upstream rcache passes to.
-pub unsafe extern "C" fn init_peer(
+unsafe extern "C" fn init_pooled_peer(
     r: *mut ngx_http_request_t,
     us: *mut ngx_http_upstream_srv_conf_t,
 ) -> ngx_int_t {
     // SAFETY: nginx calls peer.init with a live request that has an upstream,
     // and the upstream conf this wrapper was installed on.
-    unsafe {
-        let u = (*r).upstream;
-        let ours = upstream::is_rcache(u);
-        let target = if ours {
-            crate::loc_conf(r).target
-        } else {
-            // The same upstream may also serve memcached_pass or proxy_pass.
-            match target::find(crate::main_conf(r), us) {
-                Some(t) => t,
-                None => return NGX_ERROR as ngx_int_t,
-            }
-        };
-        let Some(balancer_init) = (*target).original_init_peer else {
-            return NGX_ERROR as ngx_int_t;
-        };
-        let rc = balancer_init(r, us);
-        if rc != NGX_OK as ngx_int_t || !ours {
-            return rc;
+    let (req, u) = unsafe { (&*r, &mut *(*r).upstream) };
+    let ours = lookup::is_rcache(u);
+    let (target, keepalive) = if ours {
+        match HttpRcacheModule::location_conf(req) {
+            Some(lcf) => (lcf.target, lcf.keepalive()),
+            None => return Status::NGX_ERROR.into(),
         }
+    } else {
+        // The same upstream may also serve memcached_pass or proxy_pass.
+        match HttpRcacheModule::main_conf(req).and_then(|mcf| mcf.targets.find(us)) {
+            Some(t) => (t, 0),
+            None => return Status::NGX_ERROR.into(),
+        }
+    };
+    // SAFETY: targets live as long as the configuration.
+    let Some(balancer_init) = (unsafe { (*target).balancer_init_peer }) else {
+        return Status::NGX_ERROR.into();
+    };
+    // SAFETY: the balancer's own init, with the arguments nginx gave us.
+    let rc = unsafe { balancer_init(r, us) };
+    if !Status(rc).is_ok() || !ours {
+        return rc;
+    }
 
-        let pd = ngx_palloc((*r).pool, size_of::<PeerData>()) as *mut PeerData;
-        if pd.is_null() {
-            return NGX_ERROR as ngx_int_t;
-        }
-        let peer = &mut (*u).peer;
+    // SAFETY: memory from the request's pool, fully written.
+    let pd = unsafe { ngx_palloc(req.pool, size_of::<PeerData>()) as *mut PeerData };
+    if pd.is_null() {
+        return Status::NGX_ERROR.into();
+    }
+    let peer = &mut u.peer;
+    // SAFETY: pd is fresh memory for a PeerData.
+    unsafe {
         ptr::write(
             pd,
             PeerData {
                 request: r,
                 target,
-                keepalive: crate::loc_conf(r).keepalive(),
+                keepalive,
                 balancer_get: peer.get,
                 balancer_free: peer.free,
                 balancer_data: peer.data,
@@ -86,103 +119,167 @@ pub unsafe extern "C" fn init_peer(
                 fresh_only: false,
                 failure: Failure::Error,
             },
+        )
+    };
+    peer.data = pd.cast();
+    peer.get = Some(get_pooled_peer);
+    peer.free = Some(free_pooled_peer);
+    Status::NGX_OK.into()
+}
+
+unsafe extern "C" fn get_pooled_peer(
+    pc: *mut ngx_peer_connection_t,
+    data: *mut c_void,
+) -> ngx_int_t {
+    // SAFETY: data is the PeerData init_pooled_peer installed for this
+    // request; pc is its peer connection.
+    let (pd, pc) = unsafe { (&mut *(data as *mut PeerData), &mut *pc) };
+    if pd.exhausted {
+        debug!(
+            pc.log,
+            "rcache: no memcached server left to try: {:?}", pd.failure
         );
-        peer.data = pd.cast();
-        peer.get = Some(get_peer);
-        peer.free = Some(free_peer);
-        NGX_OK as ngx_int_t
+        // SAFETY: inside the upstream's connect path; we return NGX_ERROR.
+        unsafe { upstream::give_up(pd.request, pd.failure) };
+        return Status::NGX_ERROR.into();
     }
-}
-
-unsafe extern "C" fn get_peer(pc: *mut ngx_peer_connection_t, data: *mut c_void) -> ngx_int_t {
-    // SAFETY: data is the PeerData installed by init_peer for this request.
-    unsafe {
-        let pd = &mut *(data as *mut PeerData);
-        if pd.exhausted {
-            upstream::give_up(pd.request, pd.failure);
-            return NGX_ERROR as ngx_int_t;
-        }
-        let Some(balancer_get) = pd.balancer_get else {
-            return NGX_ERROR as ngx_int_t;
-        };
-        let rc = balancer_get(pc, pd.balancer_data);
-        if rc == NGX_BUSY as ngx_int_t {
-            // The server is down: said once when it went down (by nginx's balancer or
-            // rcache_hash), not again for every request while it is.
-            ngx_log_error!(
-                NGX_LOG_INFO,
-                (*pc).log,
-                "rcache: no live memcached server for this key in upstream \"{}\"",
-                (*(*pd.target).uscf).host
+    let Some(balancer_get) = pd.balancer_get else {
+        return Status::NGX_ERROR.into();
+    };
+    // SAFETY: the balancer's own get, with its own data.
+    let rc = unsafe { balancer_get(pc, pd.balancer_data) };
+    if rc == Status::NGX_BUSY.0 {
+        // The server is down: said once when it went down (by nginx's balancer or
+        // rcache_hash), not again for every request while it is.
+        // SAFETY: targets and their upstreams live as long as the configuration.
+        let host = unsafe { &(*(*pd.target).uscf).host };
+        ngx_log_error!(
+            NGX_LOG_INFO,
+            pc.log,
+            "rcache: no live memcached server for this key in upstream \"{}\"",
+            host
+        );
+        // SAFETY: as above.
+        unsafe { upstream::give_up(pd.request, Failure::NoLiveServers) };
+        return Status::NGX_ERROR.into();
+    }
+    if rc != Status::NGX_OK.0 {
+        return rc;
+    }
+    // SAFETY: the balancer set the server's address.
+    let name = unsafe { &*pc.name };
+    if pd.fresh_only {
+        debug!(
+            pc.log,
+            "rcache: memcached {}: retry on a new connection", name
+        );
+        return Status::NGX_OK.into();
+    }
+    // SAFETY: the address the balancer chose; the pool runs in this worker.
+    let idle = unsafe {
+        (*pd.target)
+            .idle
+            .take(addr_bytes(pc.sockaddr, pc.socklen), pc.log)
+    };
+    match idle {
+        Some(c) => {
+            debug!(
+                pc.log,
+                "rcache: memcached {}: using pooled connection {:p}", name, c
             );
-            upstream::give_up(pd.request, Failure::NoLiveServers);
-            return NGX_ERROR as ngx_int_t;
+            pc.connection = c;
+            pc.set_cached(1);
+            Status::NGX_DONE.into()
         }
-        if rc != NGX_OK as ngx_int_t {
-            return rc;
+        None => {
+            debug!(
+                pc.log,
+                "rcache: memcached {}: no idle connection, connecting", name
+            );
+            Status::NGX_OK.into()
         }
-        let addr = addr_bytes((*pc).sockaddr, (*pc).socklen);
-        if pd.fresh_only {
-            return NGX_OK as ngx_int_t;
-        }
-        if let Some(c) = (*pd.target).idle.take(addr, (*pc).log) {
-            (*pc).connection = c;
-            (*pc).set_cached(1);
-            return NGX_DONE as ngx_int_t;
-        }
-        NGX_OK as ngx_int_t
     }
 }
 
-unsafe extern "C" fn free_peer(
+unsafe extern "C" fn free_pooled_peer(
     pc: *mut ngx_peer_connection_t,
     data: *mut c_void,
     state: ngx_uint_t,
 ) {
-    // SAFETY: data is the PeerData installed by init_peer for this request;
-    // pc->connection, when set, is this request's memcached connection.
-    unsafe {
-        let pd = &mut *(data as *mut PeerData);
-        let c = (*pc).connection;
-        let failed = state & NGX_PEER_FAILED as ngx_uint_t != 0;
-        let mut retry_fresh = false;
+    // SAFETY: data is the PeerData init_pooled_peer installed for this
+    // request; pc->connection, when set, is its memcached connection.
+    let (pd, pc) = unsafe { (&mut *(data as *mut PeerData), &mut *pc) };
+    let c = pc.connection;
+    let failed = state & NGX_PEER_FAILED as ngx_uint_t != 0;
+    let mut retry_fresh = false;
 
-        if failed {
-            let timed_out =
-                !c.is_null() && ((*(*c).read).timedout() != 0 || (*(*c).write).timedout() != 0);
-            pd.failure = if timed_out {
-                Failure::Timeout
+    if failed {
+        // SAFETY: c is NULL or this request's open connection.
+        let timed_out = unsafe { c.as_ref() }.is_some_and(|c| {
+            // SAFETY: an open connection has its events.
+            unsafe { (*c.read).timedout() != 0 || (*c.write).timedout() != 0 }
+        });
+        pd.failure = if timed_out {
+            Failure::Timeout
+        } else {
+            Failure::Error
+        };
+        // Once per request, and never after a timeout: a stalled server
+        // must cost one timeout, not two.
+        retry_fresh = pc.cached() != 0 && !timed_out && !pd.fresh_only;
+        pd.fresh_only |= retry_fresh;
+        debug!(
+            pc.log,
+            "rcache: memcached attempt failed ({:?}){}",
+            pd.failure,
+            if retry_fresh {
+                ", the connection was pooled: retrying"
             } else {
-                Failure::Error
-            };
-            // Once per request, and never after a timeout: a stalled server
-            // must cost one timeout, not two.
-            retry_fresh = (*pc).cached() != 0 && !timed_out && !pd.fresh_only;
-            pd.fresh_only |= retry_fresh;
-        } else if !c.is_null() && reusable(pd.request, c) {
-            let addr = addr_bytes((*pc).sockaddr, (*pc).socklen);
-            if (*pd.target).idle.put(c, addr, pd.keepalive) {
-                (*pc).connection = ptr::null_mut();
+                ""
             }
-        }
-
-        if let Some(balancer_free) = pd.balancer_free {
-            // A stale pooled connection says nothing about the server: it must not
-            // count against max_fails (NGX_PEER_NEXT: neither failed nor answered).
-            let state = if retry_fresh {
-                (state & !(NGX_PEER_FAILED as ngx_uint_t)) | NGX_PEER_NEXT as ngx_uint_t
-            } else {
-                state
+        );
+    } else if !c.is_null() {
+        // SAFETY: the request's upstream uses c.
+        let reusable = unsafe { reusable(pd.request, c) };
+        // SAFETY: c is open and finished; the pool runs in this worker.
+        let parked = reusable
+            && unsafe {
+                (*pd.target)
+                    .idle
+                    .put(c, addr_bytes(pc.sockaddr, pc.socklen), pd.keepalive)
             };
-            balancer_free(pc, pd.balancer_data, state);
+        if parked {
+            pc.connection = ptr::null_mut();
         }
+        debug!(
+            pc.log,
+            "rcache: memcached connection {:p} {}",
+            c,
+            if parked {
+                "parked in the pool"
+            } else {
+                "not reusable: closed"
+            }
+        );
+    }
 
-        if failed && (*pc).tries == 0 {
-            // Make nginx call get_peer once more: for the retry on a new
-            // connection, or to move the request on to the fallback.
-            (*pc).tries = 1;
-            pd.exhausted = !retry_fresh;
-        }
+    if let Some(balancer_free) = pd.balancer_free {
+        // A stale pooled connection says nothing about the server: it must not
+        // count against max_fails (NGX_PEER_NEXT: neither failed nor answered).
+        let state = if retry_fresh {
+            (state & !(NGX_PEER_FAILED as ngx_uint_t)) | NGX_PEER_NEXT as ngx_uint_t
+        } else {
+            state
+        };
+        // SAFETY: the balancer's own free, with its own data.
+        unsafe { balancer_free(pc, pd.balancer_data, state) };
+    }
+
+    if failed && pc.tries == 0 {
+        // Make nginx call get_pooled_peer once more: for the retry on a new
+        // connection, or to move the request on to the fallback.
+        pc.tries = 1;
+        pd.exhausted = !retry_fresh;
     }
 }
 

@@ -19,6 +19,7 @@
 use core::ffi::c_void;
 use core::ptr;
 
+use ngx::core::Status;
 use ngx::ffi::*;
 
 /// How long one of the first N parked connections may stay idle.
@@ -36,6 +37,11 @@ pub struct Slots<C> {
 impl<C: Copy + PartialEq> Slots<C> {
     pub const fn new() -> Self {
         Self { conns: Vec::new() }
+    }
+
+    /// How many connections are parked.
+    pub fn len(&self) -> usize {
+        self.conns.len()
     }
 
     /// The most recently parked connection.
@@ -137,6 +143,7 @@ impl IdlePool {
                 ngx_del_timer(cr.read);
             }
         }
+        debug!(log, "rcache: pool: take idle connection {:p}", c);
         Some(c)
     }
 
@@ -167,11 +174,19 @@ impl IdlePool {
         };
         // SAFETY: server points into a Box owned by self; c is open.
         unsafe {
-            if ngx_handle_read_event((*c).read, 0) != NGX_OK as ngx_int_t {
+            if ngx_handle_read_event((*c).read, 0) != Status::NGX_OK.0 {
                 return false;
             }
             (*server).keep = keep;
             let timeout = (*server).slots.put(c, ngx_current_msec, keep);
+            debug!(
+                (*c).log,
+                "rcache: pool: park connection {:p} ({} idle, keep {}, close after {} ms idle)",
+                c,
+                (*server).slots.len(),
+                keep,
+                timeout
+            );
             let cr = &mut *c;
             (*cr.read).set_delayed(0);
             ngx_add_timer(cr.read, timeout);
@@ -219,12 +234,24 @@ unsafe extern "C" fn idle_read_handler(ev: *mut ngx_event_t) {
                 if n == -1 && ngx_socket_errno() == NGX_EAGAIN as ngx_err_t {
                     // Nothing to read: a spurious wakeup; keep it.
                     (*ev).set_ready(0);
-                    if ngx_handle_read_event(ev, 0) == NGX_OK as ngx_int_t {
+                    if ngx_handle_read_event(ev, 0) == Status::NGX_OK.0 {
                         return;
                     }
                 }
             }
         }
+        debug!(
+            (*c).log,
+            "rcache: pool: close idle connection {:p} ({})",
+            c,
+            if (*c).close() != 0 {
+                "nginx is shutting down"
+            } else if (*ev).timedout() != 0 {
+                "idle timeout"
+            } else {
+                "memcached closed it or sent data"
+            }
+        );
         server.slots.remove(c);
         close(c);
     }

@@ -3,6 +3,17 @@
 //! instead of copying what it already has into a bigger one). A plain page is
 //! sent as is, one buffer per piece; only the paths that need one slice (a
 //! stored page's headers, gunzip, multipart ranges) join the pieces.
+//!
+//! Which values are pages at all is decided by their flags ([`is_page`]).
+
+use crate::store::page::STORED_FLAG;
+
+/// Flags of values that are pages: 0 or 16 (raw bytes / UTF-8 text as
+/// pymemcache and pylibmc store `bytes` and `str`), plus the gzip bits; or a
+/// page rcache stored itself (`STORED_FLAG`).
+pub fn is_page(flags: u32, gzip_mask: u32) -> bool {
+    flags == STORED_FLAG || matches!(flags & !gzip_mask, 0 | 16)
+}
 
 /// The bytes of a value, in at most two pieces.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -54,6 +65,30 @@ impl<'a> Value<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pages_are_flags_0_and_16() {
+        assert!(is_page(0, 0));
+        assert!(is_page(16, 0));
+        for other in [1, 2, 4, 8, 17, 32, 1 << 31, 3] {
+            assert!(!is_page(other, 0), "{other}");
+        }
+    }
+
+    #[test]
+    fn pages_rcache_stored() {
+        assert!(is_page(STORED_FLAG, 0));
+        assert!(!is_page(STORED_FLAG | 1, 0));
+        assert!(!is_page(STORED_FLAG | 2, 2));
+    }
+
+    #[test]
+    fn gzip_bits_are_allowed_on_top() {
+        assert!(is_page(2, 2));
+        assert!(is_page(2 | 16, 2));
+        assert!(!is_page(2 | 1, 2));
+        assert!(!is_page(2, 4));
+    }
 
     #[test]
     fn one_piece_is_a_slice_two_are_not() {

@@ -10,8 +10,13 @@
 
 use core::ptr;
 
+use ngx::core::Status;
 use ngx::ffi::*;
+use ngx::http::HttpModuleMainConf;
 use ngx::ngx_string;
+
+use crate::conf::VariableIndexes;
+use crate::HttpRcacheModule;
 
 /// What rcache did with a request.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -89,27 +94,30 @@ pub unsafe extern "C" fn add(cf: *mut ngx_conf_t) -> ngx_int_t {
         unsafe {
             let v = ngx_http_add_variable(cf, &mut name, 0);
             if v.is_null() {
-                return NGX_ERROR as ngx_int_t;
+                return Status::NGX_ERROR.into();
             }
             (*v).get_handler = Some(get_unset);
         }
     }
-    NGX_OK as ngx_int_t
+    Status::NGX_OK.into()
 }
 
 /// Postconfiguration: the indexes rcache writes `$rcache_status`,
 /// `$rcache_front` and `$rcache_store_status` under.
-///
-/// # Safety
-/// `cf` must be valid during configuration.
-pub unsafe fn indexes(cf: *mut ngx_conf_t) -> [ngx_int_t; 3] {
-    let names = [
+pub fn indexes(cf: &mut ngx_conf_t) -> Option<VariableIndexes> {
+    let [status, front, store] = [
         ngx_string!("rcache_status"),
         ngx_string!("rcache_front"),
         ngx_string!("rcache_store_status"),
-    ];
-    // SAFETY: cf is valid during configuration.
-    names.map(|mut name| unsafe { ngx_http_get_variable_index(cf, &mut name) })
+    ]
+    // SAFETY: cf is the configuration being finished; the name is only read.
+    .map(|mut name| unsafe { ngx_http_get_variable_index(cf, &mut name) });
+    let found = |index| (index != Status::NGX_ERROR.0).then_some(index);
+    Some(VariableIndexes {
+        status: found(status)?,
+        front: found(front)?,
+        store: found(store)?,
+    })
 }
 
 /// Get handler for requests rcache has not decided on.
@@ -120,69 +128,61 @@ unsafe extern "C" fn get_unset(
 ) -> ngx_int_t {
     // SAFETY: nginx passes the value slot to fill.
     unsafe { (*v).set_not_found(1) };
-    NGX_OK as ngx_int_t
+    Status::NGX_OK.into()
+}
+
+/// Where `r`'s variables go.
+fn indexes_of(r: &ngx_http_request_t) -> Option<VariableIndexes> {
+    HttpRcacheModule::main_conf(r).map(|mcf| mcf.variables)
 }
 
 /// Records `status` for `r` (and the internal redirects that follow).
-///
-/// # Safety
-/// `r` must be a live request.
-pub unsafe fn set_status(r: *mut ngx_http_request_t, status: CacheStatus) {
-    // SAFETY: forwarded contract.
-    unsafe { store(r, (*crate::main_conf(r)).status_index, status.as_bytes()) }
+pub fn set_status(r: &mut ngx_http_request_t, status: CacheStatus) {
+    if let Some(ix) = indexes_of(r) {
+        record(r, ix.status, status.as_bytes());
+    }
 }
 
 /// Records what the front cache had for `r`.
-///
-/// # Safety
-/// `r` must be a live request.
-pub unsafe fn set_front(r: *mut ngx_http_request_t, status: FrontStatus) {
-    // SAFETY: forwarded contract.
-    unsafe { store(r, (*crate::main_conf(r)).front_index, status.as_bytes()) }
+pub fn set_front(r: &mut ngx_http_request_t, status: FrontStatus) {
+    if let Some(ix) = indexes_of(r) {
+        record(r, ix.front, status.as_bytes());
+    }
 }
 
 /// Records what became of `r`'s page.
-///
-/// # Safety
-/// `r` must be a live request.
-pub unsafe fn set_store(r: *mut ngx_http_request_t, status: StoreStatus) {
-    // SAFETY: forwarded contract.
-    unsafe { store(r, (*crate::main_conf(r)).store_index, status.as_bytes()) }
+pub fn set_store(r: &mut ngx_http_request_t, status: StoreStatus) {
+    if let Some(ix) = indexes_of(r) {
+        record(r, ix.store, status.as_bytes());
+    }
 }
 
 /// Whether rcache recorded a MISS for `r` (a cheap test for the store filters).
-///
-/// # Safety
-/// `r` must be a live request.
-pub unsafe fn status_is_miss(r: *mut ngx_http_request_t) -> bool {
+pub fn status_is_miss(r: &ngx_http_request_t) -> bool {
+    let Some(index) = indexes_of(r).and_then(|ix| usize::try_from(ix.status).ok()) else {
+        return false;
+    };
     // SAFETY: r->variables has one slot per declared variable.
-    unsafe {
-        let index = (*crate::main_conf(r)).status_index;
-        if index < 0 {
-            return false;
-        }
-        let v = &*(*r).variables.add(index as usize);
-        v.valid() != 0 && ptr::eq(v.data, CacheStatus::Miss.as_bytes().as_ptr())
-    }
+    let v = unsafe { &*r.variables.add(index) };
+    v.valid() != 0 && ptr::eq(v.data, CacheStatus::Miss.as_bytes().as_ptr())
 }
 
-/// # Safety
-/// `r` must be a live request; `index` one obtained at configuration time.
-unsafe fn store(r: *mut ngx_http_request_t, index: ngx_int_t, bytes: &'static [u8]) {
+/// Writes `bytes` as the value of variable `index` of `r`.
+fn record(r: &mut ngx_http_request_t, index: ngx_int_t, bytes: &'static [u8]) {
     // Subrequests (SSI includes) share their parent's variables: an included
     // fragment must not overwrite what rcache recorded for the page.
-    // SAFETY: r is a live request.
-    if index < 0 || unsafe { !ptr::eq(r, (*r).main) } {
+    let Ok(index) = usize::try_from(index) else {
+        return;
+    };
+    if !ptr::eq(r, r.main) {
         return;
     }
     // SAFETY: r->variables has one slot per declared variable.
-    unsafe {
-        let v = &mut *(*r).variables.add(index as usize);
-        v.set_len(bytes.len() as u32);
-        v.data = bytes.as_ptr().cast_mut();
-        v.set_valid(1);
-        v.set_no_cacheable(0);
-        v.set_not_found(0);
-        v.set_escape(0);
-    }
+    let v = unsafe { &mut *r.variables.add(index) };
+    v.set_len(bytes.len() as u32);
+    v.data = bytes.as_ptr().cast_mut();
+    v.set_valid(1);
+    v.set_no_cacheable(0);
+    v.set_not_found(0);
+    v.set_escape(0);
 }

@@ -14,18 +14,21 @@
 use core::ffi::{c_char, c_void};
 use core::ptr;
 
-use ngx::core::{NGX_CONF_ERROR, NGX_CONF_OK};
+use ngx::core::{Status, NGX_CONF_ERROR, NGX_CONF_OK};
 use ngx::ffi::*;
-use ngx::http::{HttpModuleServerConf, NgxHttpUpstreamModule};
-use ngx::{ngx_conf_log_error, ngx_log_error};
+use ngx::http::HttpModuleServerConf;
+use ngx::ngx_log_error;
 
 use super::servers::ServerName;
 use super::{Algorithm, Ring};
-use crate::upstream;
+use crate::conf;
+use crate::lookup::{self, Lookup};
+use crate::HttpRcacheModule;
 
 /// This module's configuration of an `upstream {}` block.
 #[repr(C)]
 pub struct HashConf {
+    /// `rcache_hash`; None: the upstream's own balancer.
     algorithm: Option<Algorithm>,
     ring: *const Ring,
 }
@@ -60,60 +63,57 @@ pub unsafe extern "C" fn set_hash(
     conf: *mut c_void,
 ) -> *mut c_char {
     // SAFETY: per the contract above.
-    unsafe {
-        let hcf = &mut *(conf as *mut HashConf);
-        if hcf.algorithm.is_some() {
-            return c"is duplicate".as_ptr().cast_mut();
-        }
-        let args = &(*(*cf).args).as_slice::<ngx_str_t>()[1..];
-        let words: Vec<&[u8]> = args.iter().map(|a| a.as_bytes()).collect();
-        let Some(algorithm) = Algorithm::parse(&words) else {
-            ngx_conf_log_error!(
-                NGX_LOG_EMERG,
-                cf,
+    let (cf, hcf) = unsafe { (&mut *cf, &mut *(conf as *mut HashConf)) };
+    if hcf.algorithm.is_some() {
+        return conf::is_duplicate();
+    }
+    let words: Vec<&[u8]> = conf::args(cf)[1..].iter().map(|a| a.as_bytes()).collect();
+    let Some(algorithm) = Algorithm::parse(&words) else {
+        let words: Vec<_> = words.iter().map(|w| String::from_utf8_lossy(w)).collect();
+        return conf::conf_error(
+            cf,
+            format_args!(
                 "invalid value \"{}\" in the \"rcache_hash\" directive, it must be \
                  \"rendezvous\", \"ketama\", \"ketama weighted\" or \"modula\"",
-                words
-                    .iter()
-                    .map(|w| String::from_utf8_lossy(w))
-                    .collect::<Vec<_>>()
-                    .join(" ")
-            );
-            return NGX_CONF_ERROR;
-        };
-        hcf.algorithm = Some(algorithm);
+                words.join(" ")
+            ),
+        );
+    };
+    hcf.algorithm = Some(algorithm);
 
-        let Some(uscf) = NgxHttpUpstreamModule::server_conf_mut(&*cf) else {
-            return NGX_CONF_ERROR;
-        };
-        if uscf.peer.init_upstream.is_some() {
-            ngx_conf_log_error!(NGX_LOG_WARN, cf, "load balancing method redefined");
-        }
-        uscf.peer.init_upstream = Some(init_upstream);
-        // No `backup`: a key has one home server.
-        uscf.flags = (NGX_HTTP_UPSTREAM_CREATE
-            | NGX_HTTP_UPSTREAM_WEIGHT
-            | NGX_HTTP_UPSTREAM_MAX_CONNS
-            | NGX_HTTP_UPSTREAM_MAX_FAILS
-            | NGX_HTTP_UPSTREAM_FAIL_TIMEOUT
-            | NGX_HTTP_UPSTREAM_DOWN) as ngx_uint_t;
-        NGX_CONF_OK
+    let Some(uscf) = conf::upstream_block_mut(cf) else {
+        return NGX_CONF_ERROR;
+    };
+    if uscf.peer.init_upstream.is_some() {
+        let cf: *mut ngx_conf_t = cf;
+        ngx::ngx_conf_log_error!(NGX_LOG_WARN, cf, "load balancing method redefined");
     }
+    uscf.peer.init_upstream = Some(init_hash_upstream);
+    // No `backup`: a key has one home server.
+    uscf.flags = (NGX_HTTP_UPSTREAM_CREATE
+        | NGX_HTTP_UPSTREAM_WEIGHT
+        | NGX_HTTP_UPSTREAM_MAX_CONNS
+        | NGX_HTTP_UPSTREAM_MAX_FAILS
+        | NGX_HTTP_UPSTREAM_FAIL_TIMEOUT
+        | NGX_HTTP_UPSTREAM_DOWN) as ngx_uint_t;
+    NGX_CONF_OK
 }
 
 /// Builds the round-robin peers, then the ring over their server names.
-unsafe extern "C" fn init_upstream(
+unsafe extern "C" fn init_hash_upstream(
     cf: *mut ngx_conf_t,
     us: *mut ngx_http_upstream_srv_conf_t,
 ) -> ngx_int_t {
     // SAFETY: nginx calls this with the upstream's conf while finishing http{}.
     unsafe {
-        if ngx_http_upstream_init_round_robin(cf, us) != NGX_OK as ngx_int_t {
-            return NGX_ERROR as ngx_int_t;
+        if !conf::ok(ngx_http_upstream_init_round_robin(cf, us)) {
+            return Status::NGX_ERROR.into();
         }
-        let hcf = &mut *(*(*us).srv_conf.add(crate::module().ctx_index) as *mut HashConf);
+        let Some(hcf) = HttpRcacheModule::server_conf_mut(&*us) else {
+            return Status::NGX_ERROR.into();
+        };
         let Some(algorithm) = hcf.algorithm else {
-            return NGX_ERROR as ngx_int_t;
+            return Status::NGX_ERROR.into();
         };
         let peers = (*us).peer.data as *mut ngx_http_upstream_rr_peers_t;
         let fail = |what: String| {
@@ -128,7 +128,7 @@ unsafe extern "C" fn init_upstream(
                 ),
                 (*us).line
             );
-            NGX_ERROR as ngx_int_t
+            Status::NGX_ERROR.into()
         };
         if !(*peers).next.is_null() {
             return fail("backup servers are not supported".into());
@@ -174,15 +174,15 @@ unsafe extern "C" fn init_upstream(
         let cln = ngx_pool_cleanup_add((*cf).pool, 0);
         if cln.is_null() {
             drop(Box::from_raw(ring));
-            return NGX_ERROR as ngx_int_t;
+            return Status::NGX_ERROR.into();
         }
         (*cln).handler = Some(drop_ring);
         (*cln).data = ring.cast();
         hcf.ring = ring;
 
-        (*us).peer.init = Some(init_peer);
+        (*us).peer.init = Some(init_hash_peer);
     }
-    NGX_OK as ngx_int_t
+    Status::NGX_OK.into()
 }
 
 /// Frees a ring with the configuration that built it.
@@ -200,7 +200,7 @@ struct HashPeerData {
     ring: *const Ring,
 }
 
-unsafe extern "C" fn init_peer(
+unsafe extern "C" fn init_hash_peer(
     r: *mut ngx_http_request_t,
     us: *mut ngx_http_upstream_srv_conf_t,
 ) -> ngx_int_t {
@@ -208,50 +208,60 @@ unsafe extern "C" fn init_peer(
     unsafe {
         let hp = ngx_pcalloc((*r).pool, size_of::<HashPeerData>()) as *mut HashPeerData;
         if hp.is_null() {
-            return NGX_ERROR as ngx_int_t;
+            return Status::NGX_ERROR.into();
         }
-        let u = (*r).upstream;
-        (*u).peer.data = ptr::addr_of_mut!((*hp).rrp).cast();
-        if ngx_http_upstream_init_round_robin_peer(r, us) != NGX_OK as ngx_int_t {
-            return NGX_ERROR as ngx_int_t;
+        let u = &mut *(*r).upstream;
+        u.peer.data = ptr::addr_of_mut!((*hp).rrp).cast();
+        if !conf::ok(ngx_http_upstream_init_round_robin_peer(r, us)) {
+            return Status::NGX_ERROR.into();
         }
-        if !upstream::is_rcache(u) {
-            return NGX_OK as ngx_int_t;
+        if !lookup::is_rcache(u) {
+            return Status::NGX_OK.into();
         }
-        let hcf = &*(*(*us).srv_conf.add(crate::module().ctx_index) as *const HashConf);
+        let Some(hcf) = HttpRcacheModule::server_conf(&*us) else {
+            return Status::NGX_ERROR.into();
+        };
         (*hp).request = r;
         (*hp).ring = hcf.ring;
-        (*u).peer.get = Some(get_peer);
-        (*u).peer.free = Some(free_peer);
+        u.peer.get = Some(get_hash_peer);
+        u.peer.free = Some(free_hash_peer);
         // One server holds the key: one try (rcache's peer layer adds the retry on a
         // new connection after a stale pooled one).
-        (*u).peer.tries = 1;
+        u.peer.tries = 1;
     }
-    NGX_OK as ngx_int_t
+    Status::NGX_OK.into()
 }
 
-unsafe extern "C" fn get_peer(pc: *mut ngx_peer_connection_t, data: *mut c_void) -> ngx_int_t {
+unsafe extern "C" fn get_hash_peer(pc: *mut ngx_peer_connection_t, data: *mut c_void) -> ngx_int_t {
     // SAFETY: data is this request's HashPeerData; peers are locked as nginx's
     // round-robin code locks them.
     unsafe {
         let hp = &mut *(data as *mut HashPeerData);
-        let Some(key) = upstream::lookup_key(hp.request) else {
-            return NGX_ERROR as ngx_int_t;
+        let Some(key) = Lookup::of(&*hp.request).map(|l| l.key()) else {
+            return Status::NGX_ERROR.into();
         };
         let Some(index) = (*hp.ring).pick(key) else {
-            return NGX_BUSY as ngx_int_t;
+            return Status::NGX_BUSY.into();
         };
         let peers = hp.rrp.peers;
         let _peers_lock = PeersLock::read(peers);
         let Some(peer) = nth_peer(peers, index) else {
-            return NGX_BUSY as ngx_int_t;
+            return Status::NGX_BUSY.into();
         };
         let _peer_lock = PeerLock::new(peers, peer);
         let p = &mut *peer;
         let now = ngx_time();
         if p.down != 0 || recently_failed(p, now) || (p.max_conns != 0 && p.conns >= p.max_conns) {
-            return NGX_BUSY as ngx_int_t;
+            debug!(
+                (*pc).log,
+                "rcache_hash: key's server {} is down or busy", p.name
+            );
+            return Status::NGX_BUSY.into();
         }
+        debug!(
+            (*pc).log,
+            "rcache_hash: key's server is {} (#{})", p.name, index
+        );
 
         hp.rrp.current = peer;
         #[cfg(ngx_rr_peer_refs)]
@@ -267,16 +277,16 @@ unsafe extern "C" fn get_peer(pc: *mut ngx_peer_connection_t, data: *mut c_void)
         if now - p.checked > p.fail_timeout {
             p.checked = now;
         }
-        NGX_OK as ngx_int_t
+        Status::NGX_OK.into()
     }
 }
 
-unsafe extern "C" fn free_peer(
+unsafe extern "C" fn free_hash_peer(
     pc: *mut ngx_peer_connection_t,
     data: *mut c_void,
     state: ngx_uint_t,
 ) {
-    // SAFETY: data is this request's HashPeerData; rrp.current is the peer get_peer
+    // SAFETY: data is this request's HashPeerData; rrp.current is the peer get_hash_peer
     // chose (free is only called after a successful get).
     unsafe {
         let hp = &mut *(data as *mut HashPeerData);
@@ -343,14 +353,9 @@ pub unsafe fn store_peer(uscf: *mut ngx_http_upstream_srv_conf_t, key: &[u8]) ->
         if peers.is_null() {
             return None;
         }
-        let hcf = if (*uscf).srv_conf.is_null() {
-            None
-        } else {
-            (*(*(*uscf).srv_conf.add(crate::module().ctx_index) as *const HashConf))
-                .ring
-                .as_ref()
-        };
-        let index = match hcf {
+        // Implicit upstreams (`rcache_pass host:port`) have no srv_conf.
+        let ring = HttpRcacheModule::server_conf(&*uscf).and_then(|hcf| hcf.ring.as_ref());
+        let index = match ring {
             Some(ring) => ring.pick(key)?,
             None => 0,
         };

@@ -10,7 +10,7 @@ pub mod modula;
 pub mod rendezvous;
 pub mod servers;
 
-pub use hash_peer::{create_srv_conf, set_hash, store_peer};
+pub use hash_peer::{create_srv_conf, set_hash, store_peer, HashConf};
 
 use ketama::Continuum;
 use servers::ServerName;

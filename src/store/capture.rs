@@ -11,14 +11,16 @@
 use core::ffi::c_void;
 use core::{ptr, slice};
 
+use ngx::core::Status;
 use ngx::ffi::*;
-use ngx::log::DebugMask;
-use ngx::ngx_log_debug;
+use ngx::http::HttpModuleLocationConf;
 
+use super::client::{self, Captured};
 use super::page;
 use super::policy::{self, Reason};
 use crate::conf::LocConf;
 use crate::variables::{self, StoreStatus};
+use crate::HttpRcacheModule;
 
 /// A page being captured for memcached.
 pub struct StoreState {
@@ -28,12 +30,8 @@ pub struct StoreState {
     key: *const u8,
     key_len: usize,
     phase: Phase,
-    pub status: u16,
-    pub ttl: u32,
-    pub headers: Vec<(&'static str, Vec<u8>)>,
-    pub body: Vec<u8>,
-    /// The write in flight, if any: told when the request goes away.
-    pub job: *mut super::client::Job,
+    /// What is captured so far, handed to the store client once complete.
+    page: Captured,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -54,35 +52,45 @@ impl StoreState {
 }
 
 /// At a MISS: starts capturing if `rcache_store` is on and the request may be stored.
-///
-/// # Safety
-/// `r` must be the request in the rcache location, before the redirect to the fallback;
-/// `key` must live in its pool.
-pub unsafe fn prepare(r: *mut ngx_http_request_t, key: &[u8]) {
-    // SAFETY: per the contract above.
-    unsafe {
-        let lcf = crate::loc_conf(r);
-        if lcf.store != 1 || !ptr::eq(r, (*r).main) {
-            return;
-        }
-        let refused = if (*r).method != NGX_HTTP_GET as ngx_uint_t {
-            Some(Reason::Method)
-        } else if lcf.store_args == 0 && (*r).args.len > 0 {
-            Some(Reason::QueryString)
-        } else if !lcf.store_bypass.is_null()
-            && ngx_http_test_predicates(r, lcf.store_bypass) != NGX_OK as ngx_int_t
-        {
-            Some(Reason::Bypass)
-        } else {
-            None
-        };
-        if let Some(reason) = refused {
-            ngx_log_debug!(mask: DebugMask::Http, (*(*r).connection).log, "rcache: not stored: {}", reason);
-            variables::set_store(r, StoreStatus::NotCacheable);
-            return;
-        }
+/// Called in the rcache location, before the redirect to the fallback; `key` lives in
+/// `r`'s pool.
+pub fn prepare(r: &mut ngx_http_request_t, key: &[u8]) {
+    let Some(lcf) = HttpRcacheModule::location_conf(r) else {
+        return;
+    };
+    if lcf.store != 1 || !ptr::eq(r, r.main) {
+        return;
+    }
+    let refused = if r.method != NGX_HTTP_GET as ngx_uint_t {
+        Some(Reason::Method)
+    } else if lcf.store_args == 0 && r.args.len > 0 {
+        Some(Reason::QueryString)
+    } else if !lcf.store_bypass.is_null()
+        // SAFETY: predicates compiled by ngx_http_set_predicate_slot, on a live request.
+        && unsafe { ngx_http_test_predicates(r, lcf.store_bypass) } != Status::NGX_OK.0
+    {
+        Some(Reason::Bypass)
+    } else {
+        None
+    };
+    if let Some(reason) = refused {
+        // SAFETY: a live request has a live connection.
+        debug!(
+            unsafe { (*r.connection).log },
+            "rcache: not stored: {}", reason
+        );
+        variables::set_store(r, StoreStatus::NotCacheable);
+        return;
+    }
+    debug!(
+        unsafe { (*r.connection).log },
+        "rcache: store: MISS, capturing the fallback's response"
+    );
 
-        let cln = ngx_pool_cleanup_add((*r).pool, size_of::<StoreState>());
+    // SAFETY: the state is written into the cleanup's data, which lives (and is
+    // dropped) with the request's pool; key lives in that pool too.
+    unsafe {
+        let cln = ngx_pool_cleanup_add(r.pool, size_of::<StoreState>());
         if cln.is_null() {
             return;
         }
@@ -94,27 +102,17 @@ pub unsafe fn prepare(r: *mut ngx_http_request_t, key: &[u8]) {
                 key: key.as_ptr(),
                 key_len: key.len(),
                 phase: Phase::Headers,
-                status: 200,
-                ttl: 0,
-                headers: Vec::new(),
-                body: Vec::new(),
-                job: ptr::null_mut(),
+                page: Captured::default(),
             },
         );
         (*cln).handler = Some(drop_state);
     }
 }
 
-/// The request's pool is going away: free the capture, and let a write in flight know.
+/// The request's pool is going away: free the capture.
 unsafe extern "C" fn drop_state(data: *mut c_void) {
     // SAFETY: data is the StoreState written by prepare(), dropped once, here.
-    unsafe {
-        let state = data as *mut StoreState;
-        if !(*state).job.is_null() {
-            super::client::detach((*state).job);
-        }
-        ptr::drop_in_place(state);
-    }
+    unsafe { ptr::drop_in_place(data as *mut StoreState) }
 }
 
 /// The store state of `r`, if it has one.
@@ -125,7 +123,7 @@ unsafe fn find<'a>(r: *mut ngx_http_request_t) -> Option<&'a mut StoreState> {
     // SAFETY: the pool's cleanup list holds our state under drop_state.
     unsafe {
         // Cheap tests first: every response of every request passes here.
-        if !ptr::eq(r, (*r).main) || !variables::status_is_miss(r) {
+        if !ptr::eq(r, (*r).main) || !variables::status_is_miss(&*r) {
             return None;
         }
         let mut cln = (*(*r).pool).cleanup;
@@ -171,7 +169,7 @@ unsafe extern "C" fn header_filter(r: *mut ngx_http_request_t) -> ngx_int_t {
         }
         match NEXT_HEADER_FILTER {
             Some(next) => next(r),
-            None => NGX_ERROR as ngx_int_t,
+            None => Status::NGX_ERROR.into(),
         }
     }
 }
@@ -228,21 +226,25 @@ unsafe fn decide(r: *mut ngx_http_request_t, state: &mut StoreState) {
         ) {
             Ok(ttl) => ttl,
             Err(reason) => {
-                ngx_log_debug!(mask: DebugMask::Http, (*(*r).connection).log, "rcache: not stored: {}", reason);
-                variables::set_store(r, StoreStatus::NotCacheable);
+                debug!((*(*r).connection).log, "rcache: not stored: {}", reason);
+                variables::set_store(&mut *r, StoreStatus::NotCacheable);
                 return;
             }
         };
         if out.content_length_n > 0 && out.content_length_n as u64 > lcf.store_max_size as u64 {
-            variables::set_store(r, StoreStatus::TooLarge);
+            variables::set_store(&mut *r, StoreStatus::TooLarge);
             return;
         }
 
-        state.status = facts.status;
-        state.ttl = ttl;
-        state.headers = kept_headers(r);
+        debug!(
+            (*(*r).connection).log,
+            "rcache: store: cacheable for {}s, capturing the body", ttl
+        );
+        state.page.status = facts.status;
+        state.page.ttl = ttl;
+        state.page.headers = kept_headers(r);
         if out.content_length_n > 0 {
-            state.body.reserve_exact(out.content_length_n as usize);
+            state.page.body.reserve_exact(out.content_length_n as usize);
         }
         state.phase = Phase::Body;
     }
@@ -321,12 +323,13 @@ unsafe extern "C" fn body_filter(r: *mut ngx_http_request_t, chain: *mut ngx_cha
         }
         let rc = match NEXT_BODY_FILTER {
             Some(next) => next(r, chain),
-            None => NGX_ERROR as ngx_int_t,
+            None => Status::NGX_ERROR.into(),
         };
         if complete {
             if let Some(state) = find(r) {
                 state.phase = Phase::Done;
-                super::client::store(r, state);
+                let page = core::mem::take(&mut state.page);
+                client::write(r, &*state.lcf, state.key(), page);
             }
         }
         rc
@@ -350,26 +353,27 @@ unsafe fn copy_chain(
             let b = &*(*cl).buf;
             if buf_in_memory(b) {
                 let n = b.last.offset_from(b.pos) as usize;
-                if state.body.len() + n > max {
+                if state.page.body.len() + n > max {
                     return too_large(r, state);
                 }
                 state
+                    .page
                     .body
                     .extend_from_slice(slice::from_raw_parts(b.pos, n));
             } else if b.in_file() != 0 {
                 let n = (b.file_last - b.file_pos) as usize;
-                if state.body.len() + n > max {
+                if state.page.body.len() + n > max {
                     return too_large(r, state);
                 }
                 // A response the fallback buffered to a temporary file: read it back
                 // (from the page cache, as nginx itself reads file buffers without aio).
-                let at = state.body.len();
-                state.body.resize(at + n, 0);
-                let read = ngx_read_file(b.file, state.body[at..].as_mut_ptr(), n, b.file_pos);
+                let at = state.page.body.len();
+                state.page.body.resize(at + n, 0);
+                let read = ngx_read_file(b.file, state.page.body[at..].as_mut_ptr(), n, b.file_pos);
                 if read != n as isize {
                     state.phase = Phase::Done;
-                    state.body = Vec::new();
-                    variables::set_store(r, StoreStatus::Failed);
+                    state.page.body = Vec::new();
+                    variables::set_store(&mut *r, StoreStatus::Failed);
                     return false;
                 }
             }
@@ -385,9 +389,9 @@ unsafe fn copy_chain(
 /// The body outgrew `rcache_store_max_size`: stop copying, free what was copied.
 fn too_large(r: *mut ngx_http_request_t, state: &mut StoreState) -> bool {
     state.phase = Phase::Done;
-    state.body = Vec::new();
+    state.page.body = Vec::new();
     // SAFETY: r is the live request the state belongs to.
-    unsafe { variables::set_store(r, StoreStatus::TooLarge) };
+    unsafe { variables::set_store(&mut *r, StoreStatus::TooLarge) };
     false
 }
 

@@ -17,23 +17,34 @@
 use core::ffi::c_void;
 use core::ptr;
 
+use ngx::core::Status;
 use ngx::ffi::*;
 use ngx::ngx_log_error;
 
-use super::capture::StoreState;
 use super::page::{self, STORED_FLAG};
 use super::policy;
+use crate::conf::LocConf;
 use crate::pool::{self, addr_bytes};
 use crate::protocol::{self, LineReply};
 use crate::target::Target;
 use crate::variables::{self, StoreStatus};
+
+/// A page captured for memcached: what the fallback answered, and for how long
+/// it may be kept.
+#[derive(Default)]
+pub struct Captured {
+    pub status: u16,
+    pub ttl: u32,
+    pub headers: Vec<(&'static str, Vec<u8>)>,
+    pub body: Vec<u8>,
+}
 
 /// One write in flight.
 pub struct Job {
     /// The job's own pool: the job outlives the request if the client goes away.
     pool: *mut ngx_pool_t,
     peer: ngx_peer_connection_t,
-    /// `set ...\r\n<value>\r\n`.
+    /// `add ...\r\n<value>\r\n`.
     command: Vec<u8>,
     sent: usize,
     reply: Vec<u8>,
@@ -45,58 +56,60 @@ pub struct Job {
     connect_timeout: ngx_msec_t,
     /// The request kept open for `$rcache_store_status`; NULL once it is gone.
     request: *mut ngx_http_request_t,
-    state: *mut StoreState,
+    /// The job's entry in the request pool's cleanups, which tells the job
+    /// when the request goes away (as `u->cleanup` tells an upstream).
+    cleanup: *mut ngx_pool_cleanup_t,
     server: String,
     key: String,
 }
 
-/// Hands the captured page of `r` to memcached.
+/// Hands the page captured from `r` to memcached under `key` (escaped), with the
+/// store settings of the rcache location `lcf`.
 ///
 /// # Safety
-/// `r` must be a live main request whose response has passed the body filter;
-/// `state` its store state.
-pub unsafe fn store(r: *mut ngx_http_request_t, state: &mut StoreState) {
+/// `r` must be a live main request whose response has passed the body filter.
+pub unsafe fn write(r: *mut ngx_http_request_t, lcf: &LocConf, key: &[u8], page: Captured) {
     // SAFETY: per the contract above; the job lives in a pool of its own.
     unsafe {
-        let lcf = &*state.lcf;
+        let req = &mut *r;
         let log = (*ngx_cycle).log;
         let target = lcf.target;
-        let Some(peer) = crate::balancer::store_peer((*target).uscf, state.key()) else {
-            // The key's server is down: nothing to write to.
-            variables::set_store(r, StoreStatus::Failed);
+        let Some(peer) = crate::balancer::store_peer((*target).uscf, key) else {
+            debug!(log, "rcache: store: the key's server is down");
+            variables::set_store(req, StoreStatus::Failed);
             return;
         };
 
-        let headers: Vec<(&[u8], &[u8])> = state
+        let headers: Vec<(&[u8], &[u8])> = page
             .headers
             .iter()
             .map(|(n, v)| (n.as_bytes(), v.as_slice()))
             .collect();
-        let value_len = page::encoded_len(state.status, &headers, &state.body);
+        let value_len = page::encoded_len(page.status, &headers, &page.body);
         if value_len > lcf.max_size {
             // rcache_max_size bounds the values rcache serves: a page over it would
             // never be a HIT.
-            state.body = Vec::new();
-            variables::set_store(r, StoreStatus::TooLarge);
+            variables::set_store(req, StoreStatus::TooLarge);
             return;
         }
-        let exptime = policy::exptime(state.ttl, ngx_time());
-        let mut command = protocol::add_command(state.key(), STORED_FLAG, exptime, value_len);
+        let exptime = policy::exptime(page.ttl, ngx_time());
+        let mut command = protocol::add_command(key, STORED_FLAG, exptime, value_len);
         command.reserve_exact(value_len + 2);
-        page::encode(state.status, &headers, &state.body, &mut command);
+        page::encode(page.status, &headers, &page.body, &mut command);
         command.extend_from_slice(protocol::CRLF);
-        state.body = Vec::new();
-        state.headers = Vec::new();
+        drop(headers);
+        drop(page);
 
         let pool = ngx_create_pool(1024, log);
         if pool.is_null() {
-            variables::set_store(r, StoreStatus::Failed);
+            variables::set_store(req, StoreStatus::Failed);
             return;
         }
         let job = ngx_pcalloc(pool, size_of::<Job>()) as *mut Job;
-        if job.is_null() {
+        let cleanup = ngx_pool_cleanup_add(req.pool, 0);
+        if job.is_null() || cleanup.is_null() {
             ngx_destroy_pool(pool);
-            variables::set_store(r, StoreStatus::Failed);
+            variables::set_store(req, StoreStatus::Failed);
             return;
         }
         let mut pc: ngx_peer_connection_t = core::mem::zeroed();
@@ -122,28 +135,41 @@ pub unsafe fn store(r: *mut ngx_http_request_t, state: &mut StoreState) {
                 read_timeout: lcf.upstream.read_timeout,
                 connect_timeout: lcf.upstream.connect_timeout,
                 request: r,
-                state,
+                cleanup,
                 server: String::from_utf8_lossy((*peer.name).as_bytes()).into_owned(),
-                key: String::from_utf8_lossy(state.key()).into_owned(),
+                key: String::from_utf8_lossy(key).into_owned(),
             },
         );
+        (*cleanup).handler = Some(request_gone);
+        (*cleanup).data = job.cast();
+        debug!(
+            log,
+            "rcache: store: add \"{}\" ({} bytes, exptime {}) on memcached {}",
+            (*job).key,
+            value_len,
+            exptime,
+            (*job).server
+        );
         // Keep the request until memcached has answered (see the module doc).
-        let main = &mut *(*r).main;
+        let main = &mut *req.main;
         main.set_count(main.count() + 1);
-        state.job = job;
         connect(job);
     }
 }
 
-/// The request is going away (client closed): forget it, the write goes on.
-///
-/// # Safety
-/// `job` must be a job in flight.
-pub unsafe fn detach(job: *mut Job) {
-    // SAFETY: per the contract above.
+/// The request's pool is going away (the client closed): forget the request,
+/// the write goes on.
+unsafe extern "C" fn request_gone(data: *mut c_void) {
+    // SAFETY: data is the job write() registered; it is in flight, since
+    // finish() unregisters this cleanup before the job is freed.
     unsafe {
-        (*job).request = ptr::null_mut();
-        (*job).state = ptr::null_mut();
+        let job = &mut *(data as *mut Job);
+        debug!(
+            (*ngx_cycle).log,
+            "rcache: store: the request is gone, the write goes on"
+        );
+        job.request = ptr::null_mut();
+        job.cleanup = ptr::null_mut();
     }
 }
 
@@ -152,7 +178,7 @@ unsafe extern "C" fn get_chosen_peer(
     _pc: *mut ngx_peer_connection_t,
     _data: *mut c_void,
 ) -> ngx_int_t {
-    NGX_OK as ngx_int_t
+    Status::NGX_OK.0
 }
 
 /// # Safety
@@ -163,14 +189,16 @@ unsafe fn connect(job: *mut Job) {
         let j = &mut *job;
         let log = (*ngx_cycle).log;
         if let Some(c) = (*j.target).idle.take(&j.addr, log) {
+            debug!(log, "rcache: store: using pooled connection {:p}", c);
             j.peer.connection = c;
             adopt(job, c);
             send(job);
             return;
         }
+        debug!(log, "rcache: store: connecting to memcached {}", j.server);
         let rc = ngx_event_connect_peer(&mut j.peer);
-        if rc != NGX_OK as ngx_int_t && rc != NGX_AGAIN as ngx_int_t {
-            finish(job, Outcome::Failed("connect() failed".into()));
+        if rc != Status::NGX_OK.0 && rc != Status::NGX_AGAIN.0 {
+            finish(job, WriteResult::Failed("connect() failed".into()));
             return;
         }
         let c = j.peer.connection;
@@ -178,12 +206,12 @@ unsafe fn connect(job: *mut Job) {
             // Pooled connections have a pool (nginx's upstream gives its own one).
             (*c).pool = ngx_create_pool(128, log);
             if (*c).pool.is_null() {
-                finish(job, Outcome::Failed("out of memory".into()));
+                finish(job, WriteResult::Failed("out of memory".into()));
                 return;
             }
         }
         adopt(job, c);
-        if rc == NGX_AGAIN as ngx_int_t {
+        if rc == Status::NGX_AGAIN.0 {
             ngx_add_timer((*c).write, j.connect_timeout);
             return;
         }
@@ -214,7 +242,7 @@ unsafe extern "C" fn on_write(ev: *mut ngx_event_t) {
         let c = (*ev).data as *mut ngx_connection_t;
         let job = (*c).data as *mut Job;
         if (*ev).timedout() != 0 {
-            finish(job, Outcome::Failed("timed out".into()));
+            finish(job, WriteResult::Failed("timed out".into()));
             return;
         }
         send(job);
@@ -231,15 +259,15 @@ unsafe fn send(job: *mut Job) {
         let j = &mut *job;
         let c = j.peer.connection;
         let Some(send) = (*c).send else {
-            finish(job, Outcome::Failed("no send".into()));
+            finish(job, WriteResult::Failed("no send".into()));
             return;
         };
         while j.sent < j.command.len() {
             let rest = &j.command[j.sent..];
             let n = send(c, rest.as_ptr().cast_mut(), rest.len());
-            if n == NGX_AGAIN as isize {
-                if ngx_handle_write_event((*c).write, 0) != NGX_OK as ngx_int_t {
-                    finish(job, Outcome::Failed("event error".into()));
+            if n == Status::NGX_AGAIN.0 {
+                if ngx_handle_write_event((*c).write, 0) != Status::NGX_OK.0 {
+                    finish(job, WriteResult::Failed("event error".into()));
                     return;
                 }
                 if (*(*c).write).timer_set() == 0 {
@@ -248,7 +276,7 @@ unsafe fn send(job: *mut Job) {
                 return;
             }
             if n <= 0 {
-                finish(job, Outcome::Failed("send() failed".into()));
+                finish(job, WriteResult::Failed("send() failed".into()));
                 return;
             }
             j.sent += n as usize;
@@ -257,8 +285,8 @@ unsafe fn send(job: *mut Job) {
             ngx_del_timer((*c).write);
         }
         ngx_add_timer((*c).read, j.read_timeout);
-        if ngx_handle_read_event((*c).read, 0) != NGX_OK as ngx_int_t {
-            finish(job, Outcome::Failed("event error".into()));
+        if ngx_handle_read_event((*c).read, 0) != Status::NGX_OK.0 {
+            finish(job, WriteResult::Failed("event error".into()));
         }
     }
 }
@@ -270,7 +298,7 @@ unsafe extern "C" fn on_read(ev: *mut ngx_event_t) {
         let job = (*c).data as *mut Job;
         let j = &mut *job;
         if (*ev).timedout() != 0 {
-            finish(job, Outcome::Failed("timed out".into()));
+            finish(job, WriteResult::Failed("timed out".into()));
             return;
         }
         if j.sent < j.command.len() {
@@ -278,47 +306,47 @@ unsafe extern "C" fn on_read(ev: *mut ngx_event_t) {
             return;
         }
         let Some(recv) = (*c).recv else {
-            finish(job, Outcome::Failed("no recv".into()));
+            finish(job, WriteResult::Failed("no recv".into()));
             return;
         };
         let mut buf = [0u8; 512];
         loop {
             let n = recv(c, buf.as_mut_ptr(), buf.len());
-            if n == NGX_AGAIN as isize {
-                if ngx_handle_read_event((*c).read, 0) != NGX_OK as ngx_int_t {
-                    finish(job, Outcome::Failed("event error".into()));
+            if n == Status::NGX_AGAIN.0 {
+                if ngx_handle_read_event((*c).read, 0) != Status::NGX_OK.0 {
+                    finish(job, WriteResult::Failed("event error".into()));
                 }
                 return;
             }
             if n <= 0 {
-                finish(job, Outcome::Failed("connection closed".into()));
+                finish(job, WriteResult::Failed("connection closed".into()));
                 return;
             }
             j.reply.extend_from_slice(&buf[..n as usize]);
             match protocol::parse_line_reply(&j.reply) {
                 Ok(None) => continue,
                 Ok(Some(LineReply::Stored)) => {
-                    finish(job, Outcome::Stored);
+                    finish(job, WriteResult::Stored);
                     return;
                 }
                 Ok(Some(LineReply::NotStored)) => {
                     // `add` found a value: the app wrote the page meanwhile.
-                    finish(job, Outcome::Present);
+                    finish(job, WriteResult::Present);
                     return;
                 }
                 Ok(Some(_)) => {
                     finish(
                         job,
-                        Outcome::Failed("memcached answered something else".into()),
+                        WriteResult::Failed("memcached answered something else".into()),
                     );
                     return;
                 }
                 Err(err) if err.to_string().contains("too large") => {
-                    finish(job, Outcome::TooLarge);
+                    finish(job, WriteResult::TooLarge);
                     return;
                 }
                 Err(err) => {
-                    finish(job, Outcome::Failed(err.to_string()));
+                    finish(job, WriteResult::Failed(err.to_string()));
                     return;
                 }
             }
@@ -327,7 +355,7 @@ unsafe extern "C" fn on_read(ev: *mut ngx_event_t) {
 }
 
 /// How a write ended.
-enum Outcome {
+enum WriteResult {
     Stored,
     /// The key had a value already (`add` refused): left as it is.
     Present,
@@ -345,14 +373,14 @@ static mut FAILING: bool = false;
 ///
 /// # Safety
 /// `job` must be a job in flight; it is freed.
-unsafe fn finish(job: *mut Job, outcome: Outcome) {
+unsafe fn finish(job: *mut Job, outcome: WriteResult) {
     // SAFETY: per the contract above; the worker is single-threaded.
     unsafe {
         let j = &mut *job;
         let c = j.peer.connection;
         if !c.is_null() {
             // The reply was read whole for every outcome but a failure.
-            let clean = !matches!(outcome, Outcome::Failed(_));
+            let clean = !matches!(outcome, WriteResult::Failed(_));
             let reusable = clean && ngx_terminate == 0 && ngx_exiting == 0;
             for ev in [(*c).read, (*c).write] {
                 if (*ev).timer_set() != 0 {
@@ -366,12 +394,12 @@ unsafe fn finish(job: *mut Job, outcome: Outcome) {
         }
 
         let status = match &outcome {
-            Outcome::Stored => {
+            WriteResult::Stored => {
                 FAILING = false;
                 StoreStatus::Stored
             }
-            Outcome::Present => StoreStatus::Present,
-            Outcome::TooLarge => {
+            WriteResult::Present => StoreStatus::Present,
+            WriteResult::TooLarge => {
                 ngx_log_error!(
                     NGX_LOG_INFO,
                     (*ngx_cycle).log,
@@ -381,7 +409,7 @@ unsafe fn finish(job: *mut Job, outcome: Outcome) {
                 );
                 StoreStatus::TooLarge
             }
-            Outcome::Failed(why) => {
+            WriteResult::Failed(why) => {
                 if !FAILING {
                     FAILING = true;
                     ngx_log_error!(
@@ -398,13 +426,17 @@ unsafe fn finish(job: *mut Job, outcome: Outcome) {
             }
         };
 
-        let r = j.request;
-        if !r.is_null() {
+        debug!(
+            (*ngx_cycle).log,
+            "rcache: store of \"{}\": {:?}", j.key, status
+        );
+        if let Some(cleanup) = j.cleanup.as_mut() {
+            // The job is about to go: the request must not tell it anything.
+            cleanup.handler = None;
+        }
+        if let Some(r) = j.request.as_mut() {
             variables::set_store(r, status);
-            if let Some(state) = j.state.as_mut() {
-                state.job = ptr::null_mut();
-            }
-            ngx_http_finalize_request(r, NGX_DONE as ngx_int_t);
+            ngx_http_finalize_request(r, Status::NGX_DONE.into());
         }
 
         let pool = j.pool;

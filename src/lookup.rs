@@ -1,0 +1,87 @@
+//! What an rcache request asks memcached: its per-request context, set by
+//! `upstream::prepare` in the content phase and read by the upstream
+//! callbacks and the balancers (which need the key to choose its server).
+
+use core::cell::Cell;
+use core::ptr;
+use core::slice;
+
+use ngx::ffi::*;
+use ngx::http::{HttpModule, Request};
+
+use crate::protocol::ValueHeader;
+use crate::HttpRcacheModule;
+
+/// Per-request state of a lookup (in the request's pool).
+pub struct Lookup {
+    /// `get <key>\r\n` or `delete <key>\r\n`.
+    pub request: *mut ngx_chain_t,
+    /// The escaped key, inside `request`.
+    key: *const u8,
+    key_len: usize,
+    /// `delete` (a `PURGE` request) rather than `get`.
+    pub purge: bool,
+    /// Set while the rest of a large value is read into a second buffer.
+    pub head: Cell<Option<Head>>,
+}
+
+/// The first read of a value larger than it: where the value's first bytes
+/// are, and the buffer that holds them (given back to nginx on a retry).
+#[derive(Clone, Copy)]
+pub struct Head {
+    pub header: ValueHeader,
+    pub value: *const u8,
+    pub len: usize,
+    pub buffer_start: *mut u8,
+    pub buffer_end: *mut u8,
+}
+
+impl Head {
+    pub fn value(&self) -> &[u8] {
+        // SAFETY: value points into the first read buffer, in r->pool.
+        unsafe { slice::from_raw_parts(self.value, self.len) }
+    }
+}
+
+impl Lookup {
+    /// A lookup of the key at `key` (inside `request`'s buffer).
+    pub fn new(request: *mut ngx_chain_t, key: &[u8], purge: bool) -> Lookup {
+        Lookup {
+            request,
+            key: key.as_ptr(),
+            key_len: key.len(),
+            purge,
+            head: Cell::new(None),
+        }
+    }
+
+    /// The escaped key, as sent to memcached.
+    pub fn key(&self) -> &[u8] {
+        // SAFETY: key points into the request buffer, which lives in r->pool.
+        unsafe { slice::from_raw_parts(self.key, self.key_len) }
+    }
+
+    /// The lookup of `r`, if it has one (in `r`'s pool: it lives as long as
+    /// the request, not just as long as the reference to it).
+    pub fn of<'a>(r: &ngx_http_request_t) -> Option<&'a Lookup> {
+        // SAFETY: Request is a transparent wrapper of ngx_http_request_t; the
+        // ctx slot holds NULL or the Lookup set by `set`.
+        let r = unsafe { Request::from_ngx_http_request(ptr::from_ref(r).cast_mut()) };
+        r.get_module_ctx::<Lookup>(HttpRcacheModule::module())
+    }
+
+    /// Makes `lookup` (in `r`'s pool) the lookup of `r`.
+    pub fn set(r: &mut ngx_http_request_t, lookup: *mut Lookup) {
+        // SAFETY: as `of`.
+        let r = unsafe { Request::from_ngx_http_request(r) };
+        r.set_module_ctx(lookup.cast(), HttpRcacheModule::module());
+    }
+}
+
+/// Whether `u` is an rcache lookup (rcache tags its output).
+pub fn is_rcache(u: &ngx_http_upstream_t) -> bool {
+    ptr::eq(
+        u.output.tag.cast::<ngx_module_t>(),
+        HttpRcacheModule::module(),
+    )
+}

@@ -1,0 +1,454 @@
+//! Answering a request: the one place a lookup's outcome becomes a response.
+//!
+//! * a HIT is sent as the page: the value's bytes (or, for a page rcache
+//!   stored, its status, kept headers and body), gzip bytes to clients that
+//!   accept them and decompressed to the others;
+//! * a MISS, BYPASS or ERROR goes to `rcache_fallback` (an internal
+//!   redirect), or is answered 404/502/504 without one, as stock
+//!   `memcached_pass` would, so that `error_page` works;
+//! * a purge is answered with what memcached said.
+//!
+//! Every path records `$rcache_status` first.
+
+use core::ptr;
+use core::slice;
+
+use ngx::core::Status;
+use ngx::ffi::*;
+use ngx::http::{HTTPStatus, HttpModuleLocationConf};
+use ngx::{ngx_log_error, ngx_string};
+
+use crate::conf::LocConf;
+use crate::front;
+use crate::gzip::{self, GunzipError};
+use crate::lookup::Lookup;
+use crate::outcome::{Failure, Outcome, Verdict};
+use crate::store;
+use crate::store::page::{self, STORED_FLAG};
+use crate::value::Value;
+use crate::variables::{self, CacheStatus};
+use crate::HttpRcacheModule;
+
+/// Answers the outcome of `r`'s lookup. Returns the rc to finalize `r` with.
+///
+/// # Safety
+/// `r` must be a live rcache request whose response has not started, its
+/// upstream finished; the outcome's value must live in `r->pool`.
+pub unsafe fn answer(r: *mut ngx_http_request_t, outcome: Outcome) -> Status {
+    // SAFETY: per the contract above.
+    let r = unsafe { &mut *r };
+    let key = Lookup::of(r).map(|l| l.key());
+    match outcome {
+        Outcome::Hit(value, flags) => {
+            if let (Some(fc), Some(key)) = (loc_conf(r).and_then(LocConf::front), key) {
+                // SAFETY: a front zone of this configuration.
+                unsafe { front::keep(fc.zone, key, value, flags, fc.ttl, fc.max_item) };
+            }
+            serve_page(r, value, flags)
+        }
+        Outcome::Absent => {
+            if let Some(key) = key {
+                store::capture::prepare(r, key);
+            }
+            fall_back(r, Verdict::Miss)
+        }
+        Outcome::NotServed(verdict) => fall_back(r, verdict),
+        Outcome::Purged(result) => answer_purge(r, result),
+    }
+}
+
+/// Sends `value` as the page (HIT). Returns the rc to finalize `r` with.
+///
+/// `value` must stay valid until the request ends (it lives in `r->pool`).
+pub fn serve_page(r: &mut ngx_http_request_t, value: Value, flags: u32) -> Status {
+    let Some(lcf) = loc_conf(r) else {
+        return Status::NGX_ERROR;
+    };
+    // SAFETY: r is a live request in its content phase.
+    let rc = Status(unsafe { ngx_http_discard_request_body(r) });
+    if !rc.is_ok() {
+        return rc;
+    }
+
+    // A page rcache stored carries its headers; any other value is raw bytes.
+    let mut status = NGX_HTTP_OK as ngx_uint_t;
+    let stored = flags & STORED_FLAG != 0;
+    let mut gzipped = !stored && flags & lcf.gzip_mask() != 0;
+    let mut body = value;
+    if stored {
+        let Some(value) = in_one_piece(r, value) else {
+            return Status::NGX_ERROR;
+        };
+        let Some(page) = page::decode(value) else {
+            ngx_log_error!(
+                NGX_LOG_ERR,
+                log(r),
+                "rcache: a value with flag {} is not in rcache's stored form: MISS",
+                STORED_FLAG
+            );
+            return fall_back(r, Verdict::Miss);
+        };
+        debug!(
+            log(r),
+            "rcache: stored page: status {}, {} headers",
+            page.status,
+            page.headers.len()
+        );
+        status = ngx_uint_t::from(page.status);
+        for &(name, value) in &page.headers {
+            if name == "Content-Encoding" {
+                gzipped = value.eq_ignore_ascii_case(b"gzip");
+            } else if !set_stored_header(r, name, value) {
+                return Status::NGX_ERROR;
+            }
+        }
+        body = Value::whole(page.body);
+    }
+    if gzipped {
+        if accepts_gzip(r) {
+            let Some(h) = add_header(r, ngx_string!("Content-Encoding"), ngx_string!("gzip"))
+            else {
+                return Status::NGX_ERROR;
+            };
+            r.headers_out.content_encoding = h;
+        } else {
+            debug!(
+                log(r),
+                "rcache: the client does not accept gzip: decompressing"
+            );
+            let Some(gz) = in_one_piece(r, body) else {
+                return Status::NGX_ERROR;
+            };
+            match gunzip(r, gz, lcf.max_size) {
+                Some(plain) => body = Value::whole(plain),
+                None => return fall_back(r, Verdict::Miss),
+            }
+        }
+        if add_header(r, ngx_string!("Vary"), ngx_string!("Accept-Encoding")).is_none() {
+            return Status::NGX_ERROR;
+        }
+    }
+    // nginx serves several ranges only from a body in one buffer.
+    if !r.headers_in.range.is_null() {
+        let Some(whole) = in_one_piece(r, body) else {
+            return Status::NGX_ERROR;
+        };
+        body = Value::whole(whole);
+    }
+
+    variables::set_status(r, CacheStatus::Hit);
+    debug!(
+        log(r),
+        "rcache: HIT: {} bytes, status {}",
+        body.len(),
+        status
+    );
+    let h = &mut r.headers_out;
+    h.status = status;
+    h.content_length_n = body.len() as off_t;
+    // SAFETY: r is live; the content type is set from its location's types.
+    if h.content_type.len == 0 && !Status(unsafe { ngx_http_set_content_type(r) }).is_ok() {
+        return HTTPStatus::INTERNAL_SERVER_ERROR.into();
+    }
+    r.set_allow_ranges(1);
+
+    if let Some(rc) = send_header(r) {
+        return rc;
+    }
+    match body_chain(r, body) {
+        // SAFETY: the chain and its buffers live in r->pool.
+        Some(out) => Status(unsafe { ngx_http_output_filter(r, out) }),
+        None => Status::NGX_ERROR,
+    }
+}
+
+/// Sends the response header; `Some(rc)` when there is no body to send after
+/// it (an error, a status nginx answers itself, a HEAD request).
+fn send_header(r: &mut ngx_http_request_t) -> Option<Status> {
+    // SAFETY: r is live and its headers_out is filled in.
+    let rc = unsafe { ngx_http_send_header(r) };
+    if rc == Status::NGX_ERROR.0 || rc > Status::NGX_OK.0 || r.header_only() != 0 {
+        return Some(Status(rc));
+    }
+    None
+}
+
+/// Hands `r` to `rcache_fallback` (internal redirect, method, body and query
+/// string kept), or answers 404/502/504 when there is none. Returns the rc
+/// to finalize `r` with.
+pub fn fall_back(r: &mut ngx_http_request_t, verdict: Verdict) -> Status {
+    variables::set_status(r, cache_status(verdict));
+    let Some(fallback) = loc_conf(r).and_then(LocConf::fallback) else {
+        debug!(log(r), "rcache: {:?} without rcache_fallback", verdict);
+        return verdict.status_without_fallback();
+    };
+    let mut target = ngx_str_t::empty();
+    if !complex_value(r, &fallback.target, &mut target) {
+        return HTTPStatus::INTERNAL_SERVER_ERROR.into();
+    }
+    debug!(
+        log(r),
+        "rcache: {:?}: to the fallback \"{}\"", verdict, target
+    );
+    match target.as_bytes().first() {
+        // SAFETY: r is live; the target lives in its pool.
+        Some(b'@') => Status(unsafe { ngx_http_named_location(r, &mut target) }),
+        Some(b'/') => {
+            // "/path?args" replaces the query string; "/path" keeps it.
+            let mut args = r.args;
+            // SAFETY: NULL or a complex value compiled by set_fallback.
+            if let Some(cv) = unsafe { fallback.args.as_ref() } {
+                if !complex_value(r, cv, &mut args) {
+                    return HTTPStatus::INTERNAL_SERVER_ERROR.into();
+                }
+            }
+            // SAFETY: as above.
+            Status(unsafe { ngx_http_internal_redirect(r, &mut target, &mut args) })
+        }
+        _ => {
+            ngx_log_error!(
+                NGX_LOG_ERR,
+                log(r),
+                "rcache: rcache_fallback evaluated to \"{}\", which is neither a URI nor \
+                 a named location",
+                target
+            );
+            HTTPStatus::INTERNAL_SERVER_ERROR.into()
+        }
+    }
+}
+
+fn cache_status(verdict: Verdict) -> CacheStatus {
+    match verdict {
+        Verdict::Bypass => CacheStatus::Bypass,
+        Verdict::Miss => CacheStatus::Miss,
+        Verdict::Error(_) => CacheStatus::Error,
+    }
+}
+
+/// Answers a purge: what memcached said, or why it could not be asked.
+pub fn answer_purge(r: &mut ngx_http_request_t, result: Result<bool, Failure>) -> Status {
+    debug!(log(r), "rcache: purge: {:?}", result);
+    // SAFETY: r is a live request in its content phase.
+    let rc = Status(unsafe { ngx_http_discard_request_body(r) });
+    if !rc.is_ok() {
+        return rc;
+    }
+    match result {
+        Ok(true) => send_text(r, HTTPStatus::OK, b"purged\n"),
+        Ok(false) => HTTPStatus::NOT_FOUND.into(),
+        Err(failure) => failure.status(),
+    }
+}
+
+/// Sends a short `text/plain` answer.
+fn send_text(r: &mut ngx_http_request_t, status: HTTPStatus, body: &'static [u8]) -> Status {
+    let out = &mut r.headers_out;
+    out.status = status.into();
+    out.content_length_n = body.len() as off_t;
+    out.content_type = ngx_string!("text/plain");
+    out.content_type_len = out.content_type.len;
+    if let Some(rc) = send_header(r) {
+        return rc;
+    }
+    match body_chain(r, Value::whole(body)) {
+        // SAFETY: the chain lives in r->pool, the body is static.
+        Some(out) => Status(unsafe { ngx_http_output_filter(r, out) }),
+        None => Status::NGX_ERROR,
+    }
+}
+
+/// The body as a chain of in-memory buffers, one per piece (one empty buffer
+/// for an empty page), the last one marked as the end of the response (of the
+/// subrequest's part of it). `body` must live as long as `r`.
+fn body_chain(r: &mut ngx_http_request_t, body: Value) -> Option<*mut ngx_chain_t> {
+    let pool = r.pool;
+    let last_buf = ptr::eq(r, r.main);
+    let mut pieces = [ptr::null_mut::<ngx_buf_t>(); 2];
+    let mut n = 0;
+    for piece in body.pieces() {
+        let b = calloc_buf(pool)?;
+        let start = piece.as_ptr().cast_mut();
+        b.start = start;
+        b.pos = start;
+        // SAFETY: the end of the same piece.
+        b.last = unsafe { start.add(piece.len()) };
+        b.end = b.last;
+        b.set_memory(1);
+        pieces[n] = b;
+        n += 1;
+    }
+    if n == 0 {
+        let b = calloc_buf(pool)?;
+        // An empty subrequest part still has to flow through the filters.
+        b.set_sync(u32::from(!last_buf));
+        pieces[0] = b;
+        n = 1;
+    }
+    // SAFETY: pieces[..n] are the buffers just allocated.
+    let last = unsafe { &mut *pieces[n - 1] };
+    last.set_last_buf(u32::from(last_buf));
+    last.set_last_in_chain(1);
+
+    let mut out = ptr::null_mut::<ngx_chain_t>();
+    for &b in pieces[..n].iter().rev() {
+        // SAFETY: a link from the request's pool, filled at once.
+        unsafe {
+            let cl = ngx_alloc_chain_link(pool);
+            if cl.is_null() {
+                return None;
+            }
+            (*cl).buf = b;
+            (*cl).next = out;
+            out = cl;
+        }
+    }
+    Some(out)
+}
+
+/// A zeroed buffer header from `pool`.
+fn calloc_buf<'a>(pool: *mut ngx_pool_t) -> Option<&'a mut ngx_buf_t> {
+    // SAFETY: pool is a live request pool; the buffer is zeroed.
+    unsafe { (ngx_pcalloc(pool, size_of::<ngx_buf_t>()) as *mut ngx_buf_t).as_mut() }
+}
+
+/// `value` as one slice in `r->pool`, joining its pieces if it has two.
+fn in_one_piece<'a>(r: &ngx_http_request_t, value: Value<'a>) -> Option<&'a [u8]> {
+    if let Some(bytes) = value.as_slice() {
+        return Some(bytes);
+    }
+    let out = pool_bytes_mut(r, value.len())?;
+    value.copy_to(out);
+    Some(out)
+}
+
+/// `len` bytes of uninitialised memory from `r`'s pool, as a slice to fill.
+fn pool_bytes_mut<'a>(r: &ngx_http_request_t, len: usize) -> Option<&'a mut [u8]> {
+    // SAFETY: the request pool lives as long as anything that uses the bytes;
+    // u8 has no invalid values (callers overwrite them all).
+    unsafe {
+        let out = ngx_pnalloc(r.pool, len.max(1)) as *mut u8;
+        (!out.is_null()).then(|| slice::from_raw_parts_mut(out, len))
+    }
+}
+
+/// Whether the client gets gzip bytes as they are: nginx's own rules, as
+/// for `gzip_static` (Accept-Encoding, `gzip_http_version`, `gzip_proxied`,
+/// `gzip_disable`).
+fn accepts_gzip(r: &mut ngx_http_request_t) -> bool {
+    #[cfg(ngx_feature = "http_gzip")]
+    {
+        // SAFETY: ngx_http_gzip_ok only reads the request and sets its gzip flags.
+        let ok = unsafe { ngx_http_gzip_ok(r) } == Status::NGX_OK.0;
+        // rcache adds its own Vary; don't let the header filter add another.
+        r.set_gzip_vary(0);
+        ok
+    }
+    #[cfg(not(ngx_feature = "http_gzip"))]
+    {
+        // nginx built without any gzip module: always decompress.
+        let _ = r;
+        false
+    }
+}
+
+/// Decompresses a gzip value into `r->pool`; logs and returns None when it
+/// cannot be served.
+fn gunzip<'a>(r: &ngx_http_request_t, gz: &[u8], limit: usize) -> Option<&'a [u8]> {
+    let result = gzip::decompressed_size(gz, limit).and_then(|size| {
+        let out = pool_bytes_mut(r, size).ok_or(GunzipError::Corrupt)?;
+        gzip::gunzip_into(gz, out)?;
+        Ok(&*out)
+    });
+    match result {
+        Ok(plain) => Some(plain),
+        Err(e @ GunzipError::TooLarge { .. }) => {
+            ngx_log_error!(NGX_LOG_INFO, log(r), "rcache: {}: MISS", e);
+            None
+        }
+        Err(e) => {
+            ngx_log_error!(NGX_LOG_ERR, log(r), "rcache: {}: MISS", e);
+            None
+        }
+    }
+}
+
+/// Adds a response header; `name` and `value` must outlive the request.
+fn add_header(
+    r: &mut ngx_http_request_t,
+    name: ngx_str_t,
+    value: ngx_str_t,
+) -> Option<*mut ngx_table_elt_t> {
+    // SAFETY: the list element is zeroed (so `next`, where the nginx version
+    // has it, is NULL) before it is filled.
+    unsafe {
+        let h = ngx_list_push(&mut r.headers_out.headers) as *mut ngx_table_elt_t;
+        if h.is_null() {
+            return None;
+        }
+        ptr::write_bytes(h, 0, 1);
+        (*h).hash = 1;
+        (*h).key = name;
+        (*h).value = value;
+        Some(h)
+    }
+}
+
+/// Restores a header of a page rcache stored (`value` lives in the request's
+/// pool); before the headers are sent.
+fn set_stored_header(r: &mut ngx_http_request_t, name: &'static str, value: &[u8]) -> bool {
+    let value_str = ngx_str_t {
+        len: value.len(),
+        data: value.as_ptr().cast_mut(),
+    };
+    let out = &mut r.headers_out;
+    match name {
+        "Content-Type" => {
+            out.content_type = value_str;
+            out.content_type_len = value.iter().position(|&b| b == b';').unwrap_or(value.len());
+            out.content_type_lowcase = ptr::null_mut();
+            true
+        }
+        "Last-Modified" => {
+            // nginx writes it from the time, and answers If-Modified-Since with it.
+            // SAFETY: reads value_str.len bytes of value.
+            out.last_modified_time = unsafe { ngx_parse_http_time(value_str.data, value_str.len) };
+            true
+        }
+        _ => {
+            let name = ngx_str_t {
+                len: name.len(),
+                data: name.as_ptr().cast_mut(),
+            };
+            let Some(h) = add_header(r, name, value_str) else {
+                return false;
+            };
+            if name.as_bytes() == b"ETag" {
+                r.headers_out.etag = h;
+            }
+            true
+        }
+    }
+}
+
+/// Evaluates a complex value of `r` into `out` (in `r`'s pool).
+pub fn complex_value(
+    r: &mut ngx_http_request_t,
+    cv: &ngx_http_complex_value_t,
+    out: &mut ngx_str_t,
+) -> bool {
+    // SAFETY: nginx only reads cv (the binding wants *mut); the result lives
+    // in r->pool.
+    let rc = unsafe { ngx_http_complex_value(r, ptr::from_ref(cv).cast_mut(), out) };
+    rc == Status::NGX_OK.0
+}
+
+fn loc_conf(r: &ngx_http_request_t) -> Option<&'static LocConf> {
+    HttpRcacheModule::location_conf(r)
+}
+
+/// The request's log.
+fn log(r: &ngx_http_request_t) -> *mut ngx_log_t {
+    // SAFETY: a live request has a live connection.
+    unsafe { (*r.connection).log }
+}
