@@ -87,60 +87,55 @@ pub unsafe extern "C" fn set_zone(
     _cmd: *mut ngx_command_t,
     _conf: *mut c_void,
 ) -> *mut c_char {
-    // SAFETY: per the contract above.
-    unsafe {
-        let arg = (*(*cf).args).as_slice::<ngx_str_t>()[1];
-        let text = arg.as_bytes();
-        let (name_len, size) = match text.iter().rposition(|&b| b == b':') {
-            Some(colon) if colon > 0 => {
-                let mut size_text = ngx_str_t {
-                    len: text.len() - colon - 1,
-                    data: arg.data.add(colon + 1),
-                };
-                (colon, ngx_parse_size(&mut size_text))
-            }
-            _ => (0, -1),
-        };
-        let mut name = ngx_str_t {
-            len: name_len,
-            data: arg.data,
-        };
-        if name.len == 0 || size < 0 {
-            ngx_conf_log_error!(
-                NGX_LOG_EMERG,
-                cf,
-                "invalid zone \"{}\" in the \"rcache_front_zone\" directive, it must be NAME:SIZE",
-                arg
-            );
-            return NGX_CONF_ERROR;
-        }
-        if (size as usize) < MIN_ZONE_SIZE {
-            ngx_conf_log_error!(
-                NGX_LOG_EMERG,
-                cf,
-                "zone \"{}\" of the \"rcache_front_zone\" directive is too small, it must be \
-                 at least 32k",
-                name
-            );
-            return NGX_CONF_ERROR;
-        }
-        let zone = add_zone(cf, &mut name, size as usize);
-        if zone.is_null() {
-            return NGX_CONF_ERROR;
-        }
-        let ctx = &mut *((*zone).data as *mut ZoneCtx);
-        if ctx.defined {
-            ngx_conf_log_error!(
-                NGX_LOG_EMERG,
-                cf,
-                "duplicate zone \"{}\" in the \"rcache_front_zone\" directive",
-                name
-            );
-            return NGX_CONF_ERROR;
-        }
-        ctx.defined = true;
-        NGX_CONF_OK
+    // SAFETY: per the contract above: the directive's arguments are in cf->args.
+    let arg = unsafe { (*(*cf).args).as_slice::<ngx_str_t>()[1] };
+    let text = arg.as_bytes();
+    let (name, size) = match text.iter().rposition(|&b| b == b':') {
+        Some(colon) if colon > 0 => (&text[..colon], parse_size(&text[colon + 1..])),
+        _ => (&text[..0], None),
+    };
+    let Some(size) = size.filter(|_| !name.is_empty()) else {
+        ngx_conf_log_error!(
+            NGX_LOG_EMERG,
+            cf,
+            "invalid zone \"{}\" in the \"rcache_front_zone\" directive, it must be NAME:SIZE",
+            arg
+        );
+        return NGX_CONF_ERROR;
+    };
+    let mut name = ngx_str_t {
+        len: name.len(),
+        data: arg.data,
+    };
+    if size < MIN_ZONE_SIZE {
+        ngx_conf_log_error!(
+            NGX_LOG_EMERG,
+            cf,
+            "zone \"{}\" of the \"rcache_front_zone\" directive is too small, it must be \
+             at least 32k",
+            name
+        );
+        return NGX_CONF_ERROR;
     }
+    // SAFETY: cf is the configuration being parsed.
+    let zone = unsafe { add_zone(cf, &mut name, size) };
+    // SAFETY: NULL, or a zone whose data is the ZoneCtx add_zone gave it.
+    let Some(ctx) =
+        (unsafe { zone.as_ref() }).and_then(|z| unsafe { (z.data as *mut ZoneCtx).as_mut() })
+    else {
+        return NGX_CONF_ERROR;
+    };
+    if ctx.defined {
+        ngx_conf_log_error!(
+            NGX_LOG_EMERG,
+            cf,
+            "duplicate zone \"{}\" in the \"rcache_front_zone\" directive",
+            name
+        );
+        return NGX_CONF_ERROR;
+    }
+    ctx.defined = true;
+    NGX_CONF_OK
 }
 
 /// `rcache_front NAME ttl=TIME [max_item=SIZE] | off;`
@@ -154,76 +149,94 @@ pub unsafe extern "C" fn set_front(
     conf: *mut c_void,
 ) -> *mut c_char {
     // SAFETY: per the contract above.
-    unsafe {
-        let slot = (conf as *mut u8).add((*cmd).offset) as *mut *mut FrontConf;
-        if *slot != usize::MAX as *mut FrontConf {
-            return c"is duplicate".as_ptr().cast_mut();
-        }
-        let args = &(*(*cf).args).as_slice::<ngx_str_t>()[1..];
-        if args[0].as_bytes() == b"off" {
-            if args.len() > 1 {
-                return c"takes no parameters after \"off\"".as_ptr().cast_mut();
-            }
-            *slot = ptr::null_mut();
-            return NGX_CONF_OK;
-        }
-
-        let fc = ngx_pcalloc((*cf).pool, size_of::<FrontConf>()) as *mut FrontConf;
-        if fc.is_null() {
-            return NGX_CONF_ERROR;
-        }
-        (*fc).max_item = DEFAULT_MAX_ITEM;
-        let mut ttl = None;
-        for arg in &args[1..] {
-            let bytes = arg.as_bytes();
-            if let Some(v) = bytes.strip_prefix(b"ttl=") {
-                let mut s = ngx_str_t {
-                    len: v.len(),
-                    data: v.as_ptr().cast_mut(),
-                };
-                let ms = ngx_parse_time(&mut s, 0);
-                if ms == Status::NGX_ERROR.0 || ms <= 0 {
-                    return bad_param(cf, arg);
-                }
-                ttl = Some(ms as ngx_msec_t);
-            } else if let Some(v) = bytes.strip_prefix(b"max_item=") {
-                let mut s = ngx_str_t {
-                    len: v.len(),
-                    data: v.as_ptr().cast_mut(),
-                };
-                let size = ngx_parse_size(&mut s);
-                if size <= 0 {
-                    return bad_param(cf, arg);
-                }
-                (*fc).max_item = size as usize;
-            } else {
-                return bad_param(cf, arg);
-            }
-        }
-        let Some(ttl) = ttl else {
-            return c"needs a ttl= parameter".as_ptr().cast_mut();
-        };
-        (*fc).ttl = ttl;
-        let mut name = args[0];
-        (*fc).zone = add_zone(cf, &mut name, 0);
-        if (*fc).zone.is_null() {
-            return NGX_CONF_ERROR;
-        }
-        *slot = fc;
-        NGX_CONF_OK
+    let (slot, args) = unsafe {
+        (
+            &mut *((conf as *mut u8).add((*cmd).offset) as *mut *mut FrontConf),
+            &(*(*cf).args).as_slice::<ngx_str_t>()[1..],
+        )
+    };
+    if *slot != usize::MAX as *mut FrontConf {
+        return c"is duplicate".as_ptr().cast_mut();
     }
+    if args[0].as_bytes() == b"off" {
+        if args.len() > 1 {
+            return c"takes no parameters after \"off\"".as_ptr().cast_mut();
+        }
+        *slot = ptr::null_mut();
+        return NGX_CONF_OK;
+    }
+
+    let mut max_item = DEFAULT_MAX_ITEM;
+    let mut ttl = None;
+    for arg in &args[1..] {
+        let bytes = arg.as_bytes();
+        let ok = if let Some(v) = bytes.strip_prefix(b"ttl=") {
+            ttl = parse_time(v);
+            ttl.is_some()
+        } else if let Some(v) = bytes.strip_prefix(b"max_item=") {
+            parse_size(v)
+                .filter(|&size| size > 0)
+                .map(|size| max_item = size)
+                .is_some()
+        } else {
+            false
+        };
+        if !ok {
+            ngx_conf_log_error!(
+                NGX_LOG_EMERG,
+                cf,
+                "invalid parameter \"{}\" in the \"rcache_front\" directive",
+                arg
+            );
+            return NGX_CONF_ERROR;
+        }
+    }
+    let Some(ttl) = ttl else {
+        return c"needs a ttl= parameter".as_ptr().cast_mut();
+    };
+    let mut name = args[0];
+    // SAFETY: cf is the configuration being parsed.
+    let zone = unsafe { add_zone(cf, &mut name, 0) };
+    // SAFETY: allocated from the configuration pool and written at once.
+    let fc = unsafe { ngx_palloc((*cf).pool, size_of::<FrontConf>()) as *mut FrontConf };
+    if zone.is_null() || fc.is_null() {
+        return NGX_CONF_ERROR;
+    }
+    // SAFETY: fc is fresh memory for a FrontConf.
+    unsafe {
+        ptr::write(
+            fc,
+            FrontConf {
+                zone,
+                ttl,
+                max_item,
+            },
+        )
+    };
+    *slot = fc;
+    NGX_CONF_OK
 }
 
-/// # Safety
-/// `cf` must be valid during configuration.
-unsafe fn bad_param(cf: *mut ngx_conf_t, arg: &ngx_str_t) -> *mut c_char {
-    ngx_conf_log_error!(
-        NGX_LOG_EMERG,
-        cf,
-        "invalid parameter \"{}\" in the \"rcache_front\" directive",
-        arg
-    );
-    NGX_CONF_ERROR
+/// A size (`64k`, `1m`), as nginx parses sizes.
+fn parse_size(text: &[u8]) -> Option<usize> {
+    let mut s = ngx_str_t {
+        len: text.len(),
+        data: text.as_ptr().cast_mut(),
+    };
+    // SAFETY: nginx only reads the string.
+    let size = unsafe { ngx_parse_size(&mut s) };
+    usize::try_from(size).ok()
+}
+
+/// A positive time (`10s`, `500ms`) in milliseconds, as nginx parses times.
+fn parse_time(text: &[u8]) -> Option<ngx_msec_t> {
+    let mut s = ngx_str_t {
+        len: text.len(),
+        data: text.as_ptr().cast_mut(),
+    };
+    // SAFETY: nginx only reads the string.
+    let ms = unsafe { ngx_parse_time(&mut s, 0) };
+    (ms != Status::NGX_ERROR.0 && ms > 0).then_some(ms as ngx_msec_t)
 }
 
 /// The zone `name` (size 0: just a reference, defined elsewhere).

@@ -37,7 +37,8 @@ pub struct Head {
 }
 
 impl Head {
-    pub fn value(&self) -> &[u8] {
+    /// The value's first bytes (in the request's pool).
+    pub fn value<'a>(&self) -> &'a [u8] {
         // SAFETY: value points into the first read buffer, in r->pool.
         unsafe { slice::from_raw_parts(self.value, self.len) }
     }

@@ -83,45 +83,45 @@ pub fn prepare<'a>(
 /// # Safety
 /// `r` must be the request in its content phase, after [`prepare`].
 pub unsafe fn start(r: *mut ngx_http_request_t) -> Status {
-    // SAFETY: r is a live request; nginx's upstream module only reads the
-    // upstream part of the location conf.
-    unsafe {
-        let Some(lcf) = HttpRcacheModule::location_conf_mut(&*r) else {
-            return HTTPStatus::INTERNAL_SERVER_ERROR.into();
-        };
-        if !Status(ngx_http_upstream_create(r)).is_ok() {
-            return HTTPStatus::INTERNAL_SERVER_ERROR.into();
-        }
-        let u = &mut *(*r).upstream;
-        u.schema = ngx_string!("memcached://");
-        u.output.tag = ptr::from_ref(crate::module()).cast_mut().cast();
-        u.conf = &mut lcf.upstream;
-        u.create_request = Some(create_request);
-        u.reinit_request = Some(reinit_request);
-        u.process_header = Some(process_header);
-        u.abort_request = Some(abort_request);
-        u.finalize_request = Some(finalize_request);
-
-        // A request body is read before the lookup, so that whoever answers
-        // — rcache on a HIT, the fallback on a MISS — finds it intact.
-        let h = &(*r).headers_in;
-        if h.content_length_n > 0 || h.chunked() != 0 {
-            debug!(
-                (*(*r).connection).log,
-                "rcache: reading the request body first"
-            );
-            let rc = ngx_http_read_client_request_body(r, Some(ngx_http_upstream_init));
-            if rc >= NGX_HTTP_SPECIAL_RESPONSE as ngx_int_t {
-                return Status(rc);
-            }
-            return Status::NGX_DONE;
-        }
-
-        let main = &mut *(*r).main;
-        main.set_count(main.count() + 1);
-        ngx_http_upstream_init(r);
-        Status::NGX_DONE
+    // SAFETY: per the contract above; nginx's upstream module only reads the
+    // upstream part of the location conf it is given.
+    let Some(lcf) = HttpRcacheModule::location_conf_mut(unsafe { &*r }) else {
+        return HTTPStatus::INTERNAL_SERVER_ERROR.into();
+    };
+    // SAFETY: r is a live request; the upstream is allocated in its pool.
+    if !Status(unsafe { ngx_http_upstream_create(r) }).is_ok() {
+        return HTTPStatus::INTERNAL_SERVER_ERROR.into();
     }
+    // SAFETY: the upstream just created.
+    let (req, u) = unsafe { (&mut *r, &mut *(*r).upstream) };
+    u.schema = ngx_string!("memcached://");
+    u.output.tag = ptr::from_ref(crate::module()).cast_mut().cast();
+    u.conf = &mut lcf.upstream;
+    u.create_request = Some(create_request);
+    u.reinit_request = Some(reinit_request);
+    u.process_header = Some(process_header);
+    u.abort_request = Some(abort_request);
+    u.finalize_request = Some(finalize_request);
+
+    // A request body is read before the lookup, so that whoever answers
+    // — rcache on a HIT, the fallback on a MISS — finds it intact.
+    let h = &req.headers_in;
+    if h.content_length_n > 0 || h.chunked() != 0 {
+        debug!(log(req), "rcache: reading the request body first");
+        // SAFETY: nginx reads the body, then calls ngx_http_upstream_init.
+        let rc = unsafe { ngx_http_read_client_request_body(r, Some(ngx_http_upstream_init)) };
+        if rc >= NGX_HTTP_SPECIAL_RESPONSE as ngx_int_t {
+            return Status(rc);
+        }
+        return Status::NGX_DONE;
+    }
+
+    // SAFETY: the main request of a live request.
+    let main = unsafe { &mut *req.main };
+    main.set_count(main.count() + 1);
+    // SAFETY: the upstream is set up; nginx takes the request from here.
+    unsafe { ngx_http_upstream_init(r) };
+    Status::NGX_DONE
 }
 
 unsafe extern "C" fn create_request(r: *mut ngx_http_request_t) -> ngx_int_t {
@@ -168,136 +168,131 @@ unsafe extern "C" fn finalize_request(r: *mut ngx_http_request_t, rc: ngx_int_t)
 /// Called with everything received so far (from `u->buffer.pos`).
 unsafe extern "C" fn process_header(r: *mut ngx_http_request_t) -> ngx_int_t {
     // SAFETY: nginx calls this with a live request whose upstream buffer
-    // holds the bytes received; the lookup was set by prepare().
-    unsafe {
-        let Some(lookup) = Lookup::of(&*r) else {
-            return Status::NGX_ERROR.into();
-        };
-        let rc = if lookup.purge {
-            purge_reply(r, lookup)
-        } else {
-            get_reply(r, lookup)
-        };
-        rc.into()
+    // holds the bytes received.
+    let (req, u) = unsafe { (&*r, &mut *(*r).upstream) };
+    let Some(lookup) = Lookup::of(req) else {
+        return Status::NGX_ERROR.into();
+    };
+    let outcome = if lookup.purge {
+        purge_reply(req, u, lookup)
+    } else {
+        get_reply(req, u, lookup)
+    };
+    match outcome {
+        None => Status::NGX_AGAIN.into(),
+        // SAFETY: an rcache request in its upstream's process_header.
+        Some(outcome) => unsafe { finish(r, outcome) }.into(),
     }
 }
 
-/// The reply to a `get`, as far as it has arrived.
-///
-/// # Safety
-/// As `process_header`.
-unsafe fn get_reply(r: *mut ngx_http_request_t, lookup: &Lookup) -> Status {
-    // SAFETY: forwarded contract.
-    unsafe {
-        let u = &mut *(*r).upstream;
-        let received = received_bytes(u);
-        if let Some(head) = lookup.head.get() {
-            let missing = head.header.len - head.len;
-            return match protocol::parse_value_rest(received, missing) {
-                Ok(false) => Status::NGX_AGAIN,
-                Ok(true) => {
-                    u.set_keepalive(1);
-                    let value = Value::split(head.value(), &received[..missing]);
-                    finish(r, Outcome::Hit(value, head.header.flags))
-                }
-                Err(err) => invalid_reply(r, lookup, err),
-            };
+/// The reply to a `get`: its outcome once it is complete (or broken), None
+/// while more is to come.
+fn get_reply<'a>(
+    r: &ngx_http_request_t,
+    u: &mut ngx_http_upstream_t,
+    lookup: &Lookup,
+) -> Option<Outcome<'a>> {
+    let received = received_bytes(u);
+    if let Some(head) = lookup.head.get() {
+        let missing = head.header.len - head.len;
+        return match protocol::parse_value_rest(received, missing) {
+            Ok(false) => None,
+            Ok(true) => {
+                u.set_keepalive(1);
+                let value = Value::split(head.value(), &received[..missing]);
+                Some(Outcome::Hit(value, head.header.flags))
+            }
+            Err(err) => Some(invalid_reply(r, u, lookup, err)),
+        };
+    }
+
+    match protocol::parse_reply(received, lookup.key()) {
+        Ok(Parsed::NeedLine) => None,
+
+        Ok(Parsed::NeedValue { header, reply_len }) => {
+            record_status(u, NGX_HTTP_OK);
+            if let Err(verdict) = servable(r, &header, lookup.key()) {
+                // The value is not read: the connection is not reusable.
+                return Some(Outcome::NotServed(verdict));
+            }
+            if !make_room(r.pool, &mut u.buffer, lookup, header, reply_len) {
+                return Some(Outcome::NotServed(Verdict::Error(Failure::Error)));
+            }
+            debug!(
+                log(r),
+                "rcache: value of {} bytes, {} received: reading the rest",
+                header.len,
+                received.len()
+            );
+            None
         }
 
-        match protocol::parse_reply(received, lookup.key()) {
-            Ok(Parsed::NeedLine) => Status::NGX_AGAIN,
-
-            Ok(Parsed::NeedValue { header, reply_len }) => {
-                record_status(u, NGX_HTTP_OK);
-                if let Err(verdict) = servable(&*r, &header, lookup.key()) {
-                    // The value is not read: the connection is not reusable.
-                    return finish(r, Outcome::NotServed(verdict));
-                }
-                if !make_room(r, lookup, header, reply_len) {
-                    return finish(r, Outcome::NotServed(Verdict::Error(Failure::Error)));
-                }
-                debug!(
-                    log(&*r),
-                    "rcache: value of {} bytes, {} received: reading the rest",
-                    header.len,
-                    received.len()
-                );
-                Status::NGX_AGAIN
-            }
-
-            Ok(Parsed::Miss) => {
-                record_status(u, NGX_HTTP_NOT_FOUND);
-                u.set_keepalive(1);
-                finish(r, Outcome::Absent)
-            }
-
-            Ok(Parsed::Hit(header)) => {
-                record_status(u, NGX_HTTP_OK);
-                u.set_keepalive(1);
-                match servable(&*r, &header, lookup.key()) {
-                    Err(verdict) => finish(r, Outcome::NotServed(verdict)),
-                    Ok(()) => {
-                        let value = Value::whole(&received[header.value_range()]);
-                        finish(r, Outcome::Hit(value, header.flags))
-                    }
-                }
-            }
-
-            Err(err) => invalid_reply(r, lookup, err),
+        Ok(Parsed::Miss) => {
+            debug!(log(r), "rcache: memcached has no value for the key");
+            record_status(u, NGX_HTTP_NOT_FOUND);
+            u.set_keepalive(1);
+            Some(Outcome::Absent)
         }
+
+        Ok(Parsed::Hit(header)) => {
+            record_status(u, NGX_HTTP_OK);
+            u.set_keepalive(1);
+            Some(match servable(r, &header, lookup.key()) {
+                Err(verdict) => Outcome::NotServed(verdict),
+                Ok(()) => Outcome::Hit(Value::whole(&received[header.value_range()]), header.flags),
+            })
+        }
+
+        Err(err) => Some(invalid_reply(r, u, lookup, err)),
     }
 }
 
 /// A reply that is no valid answer to the `get`: logged, and an ERROR.
-///
-/// # Safety
-/// As `process_header`.
-unsafe fn invalid_reply(r: *mut ngx_http_request_t, lookup: &Lookup, err: ProtocolError) -> Status {
-    // SAFETY: forwarded contract.
-    unsafe {
-        record_status(&mut *(*r).upstream, NGX_HTTP_BAD_GATEWAY);
-        ngx_log_error!(
-            NGX_LOG_ERR,
-            log(&*r),
-            "rcache: {} for key \"{}\" while reading response from upstream",
-            err,
-            String::from_utf8_lossy(lookup.key())
-        );
-        finish(r, Outcome::NotServed(Verdict::Error(Failure::Protocol)))
-    }
+fn invalid_reply<'a>(
+    r: &ngx_http_request_t,
+    u: &mut ngx_http_upstream_t,
+    lookup: &Lookup,
+    err: ProtocolError,
+) -> Outcome<'a> {
+    record_status(u, NGX_HTTP_BAD_GATEWAY);
+    ngx_log_error!(
+        NGX_LOG_ERR,
+        log(r),
+        "rcache: {} for key \"{}\" while reading response from upstream",
+        err,
+        String::from_utf8_lossy(lookup.key())
+    );
+    Outcome::NotServed(Verdict::Error(Failure::Protocol))
 }
 
-/// The reply to a purge's `delete`.
-///
-/// # Safety
-/// As `process_header`.
-unsafe fn purge_reply(r: *mut ngx_http_request_t, lookup: &Lookup) -> Status {
-    // SAFETY: forwarded contract.
-    unsafe {
-        let u = &mut *(*r).upstream;
-        let key = String::from_utf8_lossy(lookup.key());
-        let problem = match protocol::parse_line_reply(received_bytes(u)) {
-            Ok(None) => return Status::NGX_AGAIN,
-            Ok(Some(reply @ (LineReply::Deleted | LineReply::NotFound))) => {
-                u.set_keepalive(1);
-                let deleted = reply == LineReply::Deleted;
-                record_status(
-                    u,
-                    if deleted {
-                        NGX_HTTP_OK
-                    } else {
-                        NGX_HTTP_NOT_FOUND
-                    },
-                );
-                return finish(r, Outcome::Purged(Ok(deleted)));
-            }
-            Ok(Some(other)) => format!("memcached answered {other:?} to delete of key \"{key}\""),
-            Err(err) => format!("{err} for key \"{key}\" while purging"),
-        };
-        record_status(u, NGX_HTTP_BAD_GATEWAY);
-        ngx_log_error!(NGX_LOG_ERR, log(&*r), "rcache: {}", problem);
-        finish(r, Outcome::Purged(Err(Failure::Protocol)))
-    }
+/// The reply to a purge's `delete`: its outcome, or None while more is to come.
+fn purge_reply<'a>(
+    r: &ngx_http_request_t,
+    u: &mut ngx_http_upstream_t,
+    lookup: &Lookup,
+) -> Option<Outcome<'a>> {
+    let key = String::from_utf8_lossy(lookup.key());
+    let problem = match protocol::parse_line_reply(received_bytes(u)) {
+        Ok(None) => return None,
+        Ok(Some(reply @ (LineReply::Deleted | LineReply::NotFound))) => {
+            u.set_keepalive(1);
+            let deleted = reply == LineReply::Deleted;
+            record_status(
+                u,
+                if deleted {
+                    NGX_HTTP_OK
+                } else {
+                    NGX_HTTP_NOT_FOUND
+                },
+            );
+            return Some(Outcome::Purged(Ok(deleted)));
+        }
+        Ok(Some(other)) => format!("memcached answered {other:?} to delete of key \"{key}\""),
+        Err(err) => format!("{err} for key \"{key}\" while purging"),
+    };
+    record_status(u, NGX_HTTP_BAD_GATEWAY);
+    ngx_log_error!(NGX_LOG_ERR, log(r), "rcache: {}", problem);
+    Some(Outcome::Purged(Err(Failure::Protocol)))
 }
 
 /// What has been received into the reply buffer (that is not consumed yet).
@@ -345,63 +340,67 @@ fn servable(r: &ngx_http_request_t, header: &ValueHeader, key: &[u8]) -> Result<
 /// Makes room for the rest of a value reply of `reply_len` bytes, plus one
 /// byte so that anything sent after END shows up as trailing data.
 ///
-/// When the first read buffer is too small, the value bytes it holds stay
-/// there (the lookup's [`Head`]) and a second buffer takes the rest; only if
-/// the first read already ended inside `\r\nEND\r\n` are its bytes copied
-/// into one buffer for the whole reply (the trailer must be checked whole).
-///
-/// # Safety
-/// `r` must be a live rcache lookup with its upstream buffer.
-unsafe fn make_room(
-    r: *mut ngx_http_request_t,
+/// When the first read buffer `b` is too small, the value bytes it holds stay
+/// there (the lookup's [`Head`]) and a second buffer from `pool` takes the
+/// rest; only if the first read already ended inside `\r\nEND\r\n` are its
+/// bytes copied into one buffer for the whole reply (the trailer must be
+/// checked whole).
+fn make_room(
+    pool: *mut ngx_pool_t,
+    b: &mut ngx_buf_t,
     lookup: &Lookup,
     header: ValueHeader,
     reply_len: usize,
 ) -> bool {
-    // SAFETY: the new buffer comes from r->pool; the first one stays
-    // allocated (it holds the value's head) until the request ends.
-    unsafe {
-        let b = &mut (*(*r).upstream).buffer;
-        let capacity = b.end.offset_from(b.start) as usize;
-        if capacity > reply_len {
-            return true;
-        }
-        let received = b.last.offset_from(b.pos) as usize;
-        let value_received = received - header.line_len;
-        if value_received > header.len {
-            // Part of the trailer came with the first read: one buffer for all.
-            let size = reply_len + 1;
-            let start = ngx_palloc((*r).pool, size) as *mut u8;
-            if start.is_null() {
-                return false;
-            }
+    // SAFETY: start..end, pos..last of the upstream's read buffer.
+    let (capacity, received) = unsafe {
+        (
+            b.end.offset_from(b.start) as usize,
+            b.last.offset_from(b.pos) as usize,
+        )
+    };
+    if capacity > reply_len {
+        return true;
+    }
+    let value_received = received - header.line_len;
+    let one_buffer = value_received > header.len;
+    let size = if one_buffer {
+        // Part of the trailer came with the first read: one buffer for all.
+        reply_len + 1
+    } else {
+        header.len - value_received + protocol::TRAILER.len() + 1
+    };
+    // SAFETY: a buffer from the request's pool.
+    let start = unsafe { ngx_palloc(pool, size) as *mut u8 };
+    if start.is_null() {
+        return false;
+    }
+    if one_buffer {
+        // SAFETY: received bytes fit the new buffer (size > reply_len >= received);
+        // ngx_pfree frees only large blocks, which a 16k buffer is.
+        unsafe {
             ptr::copy_nonoverlapping(b.pos, start, received);
-            // ngx_pfree frees only large blocks, which a 16k buffer is.
-            ngx_pfree((*r).pool, b.start.cast());
-            b.start = start;
-            b.pos = start;
-            b.last = start.add(received);
-            b.end = start.add(size);
-            return true;
+            ngx_pfree(pool, b.start.cast());
         }
-        let size = header.len - value_received + protocol::TRAILER.len() + 1;
-        let start = ngx_palloc((*r).pool, size) as *mut u8;
-        if start.is_null() {
-            return false;
-        }
+    } else {
         lookup.head.set(Some(Head {
             header,
-            value: b.pos.add(header.line_len),
+            // SAFETY: the value starts after the header line, inside pos..last.
+            value: unsafe { b.pos.add(header.line_len) },
             len: value_received,
             buffer_start: b.start,
             buffer_end: b.end,
         }));
-        b.start = start;
-        b.pos = start;
-        b.last = start;
-        b.end = start.add(size);
-        true
     }
+    let kept = if one_buffer { received } else { 0 };
+    b.start = start;
+    b.pos = start;
+    // SAFETY: both within the new buffer of size bytes.
+    unsafe {
+        b.last = start.add(kept);
+        b.end = start.add(size);
+    }
+    true
 }
 
 /// Nothing could be looked up: no server left, or memcached failed.

@@ -80,24 +80,26 @@ impl StoreStatus {
     }
 }
 
+/// rcache's variables, in the order of [`VariableIndexes`]'s fields.
+const NAMES: [ngx_str_t; 3] = [
+    ngx_string!("rcache_status"),
+    ngx_string!("rcache_front"),
+    ngx_string!("rcache_store_status"),
+];
+
 /// Preconfiguration: declares the variables.
 ///
 /// # Safety
 /// `cf` must be valid during configuration.
 pub unsafe extern "C" fn add(cf: *mut ngx_conf_t) -> ngx_int_t {
-    for mut name in [
-        ngx_string!("rcache_status"),
-        ngx_string!("rcache_front"),
-        ngx_string!("rcache_store_status"),
-    ] {
-        // SAFETY: cf is valid during configuration.
-        unsafe {
-            let v = ngx_http_add_variable(cf, &mut name, 0);
-            if v.is_null() {
-                return Status::NGX_ERROR.into();
-            }
-            (*v).get_handler = Some(get_unset);
-        }
+    for mut name in NAMES {
+        // SAFETY: cf is valid during configuration; nginx copies the name.
+        let v = unsafe { ngx_http_add_variable(cf, &mut name, 0) };
+        // SAFETY: NULL or the variable nginx just added.
+        let Some(v) = (unsafe { v.as_mut() }) else {
+            return Status::NGX_ERROR.into();
+        };
+        v.get_handler = Some(get_unset);
     }
     Status::NGX_OK.into()
 }
@@ -105,13 +107,9 @@ pub unsafe extern "C" fn add(cf: *mut ngx_conf_t) -> ngx_int_t {
 /// Postconfiguration: the indexes rcache writes `$rcache_status`,
 /// `$rcache_front` and `$rcache_store_status` under.
 pub fn indexes(cf: &mut ngx_conf_t) -> Option<VariableIndexes> {
-    let [status, front, store] = [
-        ngx_string!("rcache_status"),
-        ngx_string!("rcache_front"),
-        ngx_string!("rcache_store_status"),
-    ]
-    // SAFETY: cf is the configuration being finished; the name is only read.
-    .map(|mut name| unsafe { ngx_http_get_variable_index(cf, &mut name) });
+    let [status, front, store] = NAMES
+        // SAFETY: cf is the configuration being finished; the name is only read.
+        .map(|mut name| unsafe { ngx_http_get_variable_index(cf, &mut name) });
     let found = |index| (index != Status::NGX_ERROR.0).then_some(index);
     Some(VariableIndexes {
         status: found(status)?,

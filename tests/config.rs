@@ -2,12 +2,12 @@
 //! prove it (inheritance, defaults), a real start with memcached and the fallback app.
 //!
 //! * Rejections: every bad form must fail `nginx -t` with an `[emerg]` line that names the
-//!   directive (SPEC: "Config errors are caught at `nginx -t` time with a message naming
-//!   the directive") and points at the config file and line.
-//! * Acceptances: every valid form of SPEC's directive table at every level it allows.
+//!   directive (the README's promise: config errors are caught by `nginx -t` with a message
+//!   naming the directive) and points at the config file and line.
+//! * Acceptances: every valid form of the README's directive table at every level it allows.
 //! * Inheritance and merging: values set at http / server level reach a location that only
 //!   has `rcache_pass`; a location's own value wins.
-//! * Defaults: what SPEC promises when nothing is set.
+//! * Defaults: what the README's directive table promises when nothing is set.
 //!
 //! Works with the vendored nginx and with Debian's (`RCACHE_NGINX=/usr/sbin/nginx`).
 
@@ -1039,7 +1039,7 @@ fn default_max_size_is_4m() {
 
 /// Defaults: read timeout 500ms, connect timeout 200ms (a cache must fail fast). The
 /// lower bounds are exact; the upper bounds leave 300 / 400 ms for a loaded machine, so
-/// they catch a default of 1s or more, not one a little above SPEC's.
+/// they catch a default of 1s or more, not one a little above the documented one.
 #[test]
 fn default_timeouts() {
     let fake = silent_memcached();

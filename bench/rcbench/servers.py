@@ -1,7 +1,7 @@
 """The servers under test: memcached, the app (a second, stock nginx) and the nginx with the
 module; plus the small clients the harness itself uses (memcached text protocol, HTTP/1.1).
 
-Placement (NOTES-ngx.md, "Benchmarking on this box"): everything on the server side --
+Placement (bench/README.md, "Method, and why"): everything on the server side --
 nginx, memcached and the app -- is pinned to one core, the load generator to another.
 """
 

@@ -19,8 +19,8 @@ use ngx::ffi::*;
 use ngx::http::HttpModuleServerConf;
 use ngx::ngx_log_error;
 
+use super::ring::{Algorithm, Ring};
 use super::servers::ServerName;
-use super::{Algorithm, Ring};
 use crate::conf;
 use crate::lookup::{self, Lookup};
 use crate::HttpRcacheModule;
@@ -105,84 +105,95 @@ unsafe extern "C" fn init_hash_upstream(
     us: *mut ngx_http_upstream_srv_conf_t,
 ) -> ngx_int_t {
     // SAFETY: nginx calls this with the upstream's conf while finishing http{}.
-    unsafe {
-        if !conf::ok(ngx_http_upstream_init_round_robin(cf, us)) {
-            return Status::NGX_ERROR.into();
-        }
-        let Some(hcf) = HttpRcacheModule::server_conf_mut(&*us) else {
-            return Status::NGX_ERROR.into();
-        };
-        let Some(algorithm) = hcf.algorithm else {
-            return Status::NGX_ERROR.into();
-        };
-        let peers = (*us).peer.data as *mut ngx_http_upstream_rr_peers_t;
-        let fail = |what: String| {
+    if !conf::ok(unsafe { ngx_http_upstream_init_round_robin(cf, us) }) {
+        return Status::NGX_ERROR.into();
+    }
+    // SAFETY: as above.
+    let (cf, us) = unsafe { (&mut *cf, &mut *us) };
+    let Some(hcf) = HttpRcacheModule::server_conf_mut(us) else {
+        return Status::NGX_ERROR.into();
+    };
+    let Some(algorithm) = hcf.algorithm else {
+        return Status::NGX_ERROR.into();
+    };
+    let servers = match hashed_servers(us) {
+        Ok(servers) => servers,
+        Err(what) => {
+            // SAFETY: the NUL-terminated name of the file the upstream block is in.
+            let file = unsafe { core::ffi::CStr::from_ptr(us.file_name.cast()) };
             ngx_log_error!(
                 NGX_LOG_EMERG,
-                (*cf).log,
+                cf.log,
                 "rcache_hash: {} in upstream \"{}\" in {}:{}",
                 what,
-                (*us).host,
-                String::from_utf8_lossy(
-                    core::ffi::CStr::from_ptr((*us).file_name.cast()).to_bytes()
-                ),
-                (*us).line
+                us.host,
+                String::from_utf8_lossy(file.to_bytes()),
+                us.line
             );
-            Status::NGX_ERROR.into()
-        };
-        if !(*peers).next.is_null() {
-            return fail("backup servers are not supported".into());
-        }
-
-        // One address per `server` line, each line once: a key has one home.
-        let lines = (*(*us).servers).as_slice::<ngx_http_upstream_server_t>();
-        for (i, line) in lines.iter().enumerate() {
-            let text = line.name.as_bytes();
-            if line.naddrs > 1 {
-                return fail(format!(
-                    "server \"{}\" resolves to {} addresses, a key needs one server",
-                    String::from_utf8_lossy(text),
-                    line.naddrs
-                ));
-            }
-            if lines[..i].iter().any(|l| l.name.as_bytes() == text) {
-                return fail(format!(
-                    "server \"{}\" is listed twice",
-                    String::from_utf8_lossy(text)
-                ));
-            }
-        }
-
-        let mut servers: Vec<(ServerName, u32)> = Vec::new();
-        let mut peer = (*peers).peer;
-        while !peer.is_null() {
-            let text = (*peer).server.as_bytes();
-            match ServerName::parse(text) {
-                Ok(name) => servers.push((name, (*peer).weight as u32)),
-                Err(e) => {
-                    return fail(format!(
-                        "server \"{}\" {}",
-                        String::from_utf8_lossy(text),
-                        e
-                    ))
-                }
-            }
-            peer = (*peer).next;
-        }
-
-        let ring = Box::into_raw(Box::new(Ring::new(algorithm, &servers)));
-        let cln = ngx_pool_cleanup_add((*cf).pool, 0);
-        if cln.is_null() {
-            drop(Box::from_raw(ring));
             return Status::NGX_ERROR.into();
         }
-        (*cln).handler = Some(drop_ring);
-        (*cln).data = ring.cast();
-        hcf.ring = ring;
+    };
 
-        (*us).peer.init = Some(init_hash_peer);
-    }
+    let ring = Box::into_raw(Box::new(Ring::new(algorithm, &servers)));
+    // SAFETY: a cleanup entry of the configuration's pool.
+    let Some(cln) = (unsafe { ngx_pool_cleanup_add(cf.pool, 0).as_mut() }) else {
+        // SAFETY: the box just leaked, not shared.
+        drop(unsafe { Box::from_raw(ring) });
+        return Status::NGX_ERROR.into();
+    };
+    cln.handler = Some(drop_ring);
+    cln.data = ring.cast();
+    hcf.ring = ring;
+    us.peer.init = Some(init_hash_peer);
     Status::NGX_OK.into()
+}
+
+/// The upstream's servers, names and weights in the order of the `server` lines, as the
+/// client libraries number them; or why `rcache_hash` cannot place keys on them.
+fn hashed_servers(us: &ngx_http_upstream_srv_conf_t) -> Result<Vec<(ServerName, u32)>, String> {
+    // SAFETY: init_round_robin has built the peers of this upstream.
+    let peers = unsafe { &*(us.peer.data as *const ngx_http_upstream_rr_peers_t) };
+    if !peers.next.is_null() {
+        return Err("backup servers are not supported".into());
+    }
+
+    // One address per `server` line, each line once: a key has one home.
+    // SAFETY: the upstream's `server` lines, an array of ngx_http_upstream_server_t.
+    let lines = unsafe { (*us.servers).as_slice::<ngx_http_upstream_server_t>() };
+    for (i, line) in lines.iter().enumerate() {
+        let text = String::from_utf8_lossy(line.name.as_bytes());
+        if line.naddrs > 1 {
+            return Err(format!(
+                "server \"{text}\" resolves to {} addresses, a key needs one server",
+                line.naddrs
+            ));
+        }
+        if lines[..i]
+            .iter()
+            .any(|l| l.name.as_bytes() == line.name.as_bytes())
+        {
+            return Err(format!("server \"{text}\" is listed twice"));
+        }
+    }
+
+    let mut servers = Vec::new();
+    let mut peer = peers.peer;
+    // SAFETY: a NULL-terminated list of the upstream's peers.
+    while let Some(p) = unsafe { peer.as_ref() } {
+        let text = p.server.as_bytes();
+        match ServerName::parse(text) {
+            Ok(name) => servers.push((name, p.weight as u32)),
+            Err(e) => {
+                return Err(format!(
+                    "server \"{}\" {}",
+                    String::from_utf8_lossy(text),
+                    e
+                ))
+            }
+        }
+        peer = p.next;
+    }
+    Ok(servers)
 }
 
 /// Frees a ring with the configuration that built it.
@@ -233,52 +244,53 @@ unsafe extern "C" fn init_hash_peer(
 }
 
 unsafe extern "C" fn get_hash_peer(pc: *mut ngx_peer_connection_t, data: *mut c_void) -> ngx_int_t {
-    // SAFETY: data is this request's HashPeerData; peers are locked as nginx's
-    // round-robin code locks them.
-    unsafe {
-        let hp = &mut *(data as *mut HashPeerData);
-        let Some(key) = Lookup::of(&*hp.request).map(|l| l.key()) else {
-            return Status::NGX_ERROR.into();
-        };
-        let Some(index) = (*hp.ring).pick(key) else {
-            return Status::NGX_BUSY.into();
-        };
-        let peers = hp.rrp.peers;
-        let _peers_lock = PeersLock::read(peers);
-        let Some(peer) = nth_peer(peers, index) else {
-            return Status::NGX_BUSY.into();
-        };
-        let _peer_lock = PeerLock::new(peers, peer);
-        let p = &mut *peer;
-        let now = ngx_time();
-        if p.down != 0 || recently_failed(p, now) || (p.max_conns != 0 && p.conns >= p.max_conns) {
-            debug!(
-                (*pc).log,
-                "rcache_hash: key's server {} is down or busy", p.name
-            );
-            return Status::NGX_BUSY.into();
-        }
+    // SAFETY: data is this request's HashPeerData, pc its peer connection.
+    let (hp, pc) = unsafe { (&mut *(data as *mut HashPeerData), &mut *pc) };
+    // SAFETY: the request this peer data was made for, still live.
+    let Some(key) = Lookup::of(unsafe { &*hp.request }).map(|l| l.key()) else {
+        return Status::NGX_ERROR.into();
+    };
+    // SAFETY: the ring lives with the configuration.
+    let Some(index) = (unsafe { (*hp.ring).pick(key) }) else {
+        return Status::NGX_BUSY.into();
+    };
+    let peers = hp.rrp.peers;
+    // SAFETY: the upstream's peers, locked as nginx's round-robin code locks them.
+    let _peers_lock = unsafe { PeersLock::read(peers) };
+    // SAFETY: locked for reading above.
+    let Some(peer) = (unsafe { nth_peer(peers, index) }) else {
+        return Status::NGX_BUSY.into();
+    };
+    // SAFETY: a peer of these peers, locked for writing while it is changed.
+    let (_peer_lock, p) = unsafe { (PeerLock::new(peers, peer), &mut *peer) };
+    let now = ngx_time();
+    if p.down != 0 || recently_failed(p, now) || (p.max_conns != 0 && p.conns >= p.max_conns) {
         debug!(
-            (*pc).log,
-            "rcache_hash: key's server is {} (#{})", p.name, index
+            pc.log,
+            "rcache_hash: key's server {} is down or busy", p.name
         );
-
-        hp.rrp.current = peer;
-        #[cfg(ngx_rr_peer_refs)]
-        {
-            p.refs += 1;
-        }
-        (*pc).sockaddr = p.sockaddr;
-        (*pc).socklen = p.socklen;
-        (*pc).name = &mut p.name;
-        (*pc).set_cached(0);
-        (*pc).connection = ptr::null_mut();
-        p.conns += 1;
-        if now - p.checked > p.fail_timeout {
-            p.checked = now;
-        }
-        Status::NGX_OK.into()
+        return Status::NGX_BUSY.into();
     }
+    debug!(
+        pc.log,
+        "rcache_hash: key's server is {} (#{})", p.name, index
+    );
+
+    hp.rrp.current = peer;
+    #[cfg(ngx_rr_peer_refs)]
+    {
+        p.refs += 1;
+    }
+    pc.sockaddr = p.sockaddr;
+    pc.socklen = p.socklen;
+    pc.name = &mut p.name;
+    pc.set_cached(0);
+    pc.connection = ptr::null_mut();
+    p.conns += 1;
+    if now - p.checked > p.fail_timeout {
+        p.checked = now;
+    }
+    Status::NGX_OK.into()
 }
 
 unsafe extern "C" fn free_hash_peer(
@@ -286,50 +298,56 @@ unsafe extern "C" fn free_hash_peer(
     data: *mut c_void,
     state: ngx_uint_t,
 ) {
-    // SAFETY: data is this request's HashPeerData; rrp.current is the peer get_hash_peer
-    // chose (free is only called after a successful get).
-    unsafe {
-        let hp = &mut *(data as *mut HashPeerData);
-        let peer = hp.rrp.current;
-        if peer.is_null() {
-            return;
-        }
-        let (before, was_down) = with_peer(hp.rrp.peers, peer, |p| {
+    // SAFETY: data is this request's HashPeerData.
+    let hp = unsafe { &mut *(data as *mut HashPeerData) };
+    // rrp.current is the peer get_hash_peer chose (free only follows a successful get).
+    let peer = hp.rrp.current;
+    if peer.is_null() {
+        return;
+    }
+    let peers = hp.rrp.peers;
+    // SAFETY (this and the with_peer calls below): peer belongs to peers.
+    let (before, was_down) = unsafe {
+        with_peer(peers, peer, |p| {
             ((p.fails, p.accessed, p.checked), is_marked_down(p))
-        });
-        ngx_http_upstream_free_round_robin_peer(pc, ptr::addr_of_mut!(hp.rrp).cast(), state);
-        if state & NGX_PEER_NEXT as ngx_uint_t != 0 {
-            // A stale pooled connection, retried on a new one (peer.rs): it says
-            // nothing about the server, neither a failure nor an answer.
-            with_peer_mut(hp.rrp.peers, peer, |p| {
-                (p.fails, p.accessed, p.checked) = before;
-            });
-            return;
-        }
-        let (down, fail_timeout, fails) = with_peer(hp.rrp.peers, peer, |p| {
-            (is_marked_down(p), p.fail_timeout, p.fails)
-        });
+        })
+    };
+    // SAFETY: nginx's round-robin free, on its own data (the head of ours).
+    unsafe { ngx_http_upstream_free_round_robin_peer(pc, ptr::addr_of_mut!(hp.rrp).cast(), state) };
+    if state & NGX_PEER_NEXT as ngx_uint_t != 0 {
+        // A stale pooled connection, retried on a new one (peer.rs): it says
+        // nothing about the server, neither a failure nor an answer.
+        // SAFETY: as above.
+        unsafe { with_peer_mut(peers, peer, |p| (p.fails, p.accessed, p.checked) = before) };
+        return;
+    }
+    // SAFETY: as above.
+    let (down, fail_timeout, fails, name) = unsafe {
+        with_peer(peers, peer, |p| {
+            (is_marked_down(p), p.fail_timeout, p.fails, p.server)
+        })
+    };
 
-        // One line when a server goes down, one when it is back: not one per request.
-        let name = &(*peer).server;
-        if down && !was_down {
-            ngx_log_error!(
-                NGX_LOG_ERR,
-                (*pc).log,
-                "rcache: memcached server \"{}\" failed {} time(s): its keys go to the \
-                 fallback for {}s",
-                name,
-                fails,
-                fail_timeout
-            );
-        } else if was_down && !down && state & NGX_PEER_FAILED as ngx_uint_t == 0 {
-            ngx_log_error!(
-                NGX_LOG_WARN,
-                (*pc).log,
-                "rcache: memcached server \"{}\" answers again",
-                name
-            );
-        }
+    // One line when a server goes down, one when it is back: not one per request.
+    // SAFETY: the request's peer connection.
+    let log = unsafe { (*pc).log };
+    if down && !was_down {
+        ngx_log_error!(
+            NGX_LOG_ERR,
+            log,
+            "rcache: memcached server \"{}\" failed {} time(s): its keys go to the \
+             fallback for {}s",
+            name,
+            fails,
+            fail_timeout
+        );
+    } else if was_down && !down && state & NGX_PEER_FAILED as ngx_uint_t == 0 {
+        ngx_log_error!(
+            NGX_LOG_WARN,
+            log,
+            "rcache: memcached server \"{}\" answers again",
+            name
+        );
     }
 }
 

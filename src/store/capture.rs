@@ -161,138 +161,138 @@ pub unsafe fn install_filters() {
 
 unsafe extern "C" fn header_filter(r: *mut ngx_http_request_t) -> ngx_int_t {
     // SAFETY: nginx calls header filters with a live request.
-    unsafe {
-        if let Some(state) = find(r) {
-            if state.phase == Phase::Headers {
-                decide(r, state);
-            }
+    if let Some(state) = unsafe { find(r) } {
+        if state.phase == Phase::Headers {
+            // SAFETY: as above; the state belongs to r.
+            decide(unsafe { &mut *r }, state);
         }
-        match NEXT_HEADER_FILTER {
-            Some(next) => next(r),
-            None => Status::NGX_ERROR.into(),
-        }
+    }
+    // SAFETY: the next filter, set at configuration time.
+    match unsafe { NEXT_HEADER_FILTER } {
+        // SAFETY: nginx's filter chain, with the request nginx gave us.
+        Some(next) => unsafe { next(r) },
+        None => Status::NGX_ERROR.into(),
     }
 }
 
 /// Reads the response headers: capture the body, or record why not.
-///
-/// # Safety
-/// `r` must be a live request whose headers are being sent.
-unsafe fn decide(r: *mut ngx_http_request_t, state: &mut StoreState) {
-    // SAFETY: per the contract above; header values live in the request's pool.
-    unsafe {
-        state.phase = Phase::Done;
-        let lcf = &*state.lcf;
-        let out = &(*r).headers_out;
-        let mut facts = policy::Response {
-            status: u16::try_from(out.status).unwrap_or(0),
-            ..Default::default()
-        };
-        for h in headers(&out.headers) {
-            let name = h.key.as_bytes();
-            if name.eq_ignore_ascii_case(b"set-cookie") {
-                facts.set_cookie = true;
-            } else if name.eq_ignore_ascii_case(b"cache-control") {
-                facts.cache_control.push(h.value.as_bytes());
-            } else if name.eq_ignore_ascii_case(b"vary") {
-                facts.vary.push(h.value.as_bytes());
-            }
-        }
-        if let Some(ce) = out.content_encoding.as_ref() {
-            if ce.hash != 0 {
-                facts.content_encoding = Some(ce.value.as_bytes());
-            }
-        }
-        if let Some(u) = (*r).upstream.as_ref() {
-            // nginx's proxy and fastcgi modules consume X-Accel-Expires (it is not in
-            // headers_out); it is still in what the upstream sent. Like proxy_cache,
-            // rcache_store follows `proxy_ignore_headers X-Accel-Expires Cache-Control`.
-            let ignored = u.conf.as_ref().map_or(0, |c| c.ignore_headers);
-            if ignored & NGX_HTTP_UPSTREAM_IGN_XA_EXPIRES as ngx_uint_t == 0 {
-                if let Some(xae) = u.headers_in.x_accel_expires.as_ref() {
-                    facts.x_accel_expires = Some(xae.value.as_bytes());
-                }
-            }
-            if ignored & NGX_HTTP_UPSTREAM_IGN_CACHE_CONTROL as ngx_uint_t != 0 {
-                facts.cache_control.clear();
-            }
-        }
-
-        let ttl = match policy::decide(
-            &facts,
-            lcf.store_statuses(),
-            u32::try_from(lcf.store_ttl).unwrap_or(0),
-            ngx_time(),
-        ) {
-            Ok(ttl) => ttl,
-            Err(reason) => {
-                debug!((*(*r).connection).log, "rcache: not stored: {}", reason);
-                variables::set_store(&mut *r, StoreStatus::NotCacheable);
-                return;
-            }
-        };
-        if out.content_length_n > 0 && out.content_length_n as u64 > lcf.store_max_size as u64 {
-            variables::set_store(&mut *r, StoreStatus::TooLarge);
+fn decide(r: &mut ngx_http_request_t, state: &mut StoreState) {
+    state.phase = Phase::Done;
+    // SAFETY: the rcache location's conf, live for the configuration.
+    let lcf = unsafe { &*state.lcf };
+    let facts = response_facts(r);
+    let decided = policy::decide(
+        &facts,
+        lcf.store_statuses(),
+        u32::try_from(lcf.store_ttl).unwrap_or(0),
+        ngx_time(),
+    );
+    let ttl = match decided {
+        Ok(ttl) => ttl,
+        Err(reason) => {
+            debug!(log(r), "rcache: not stored: {}", reason);
+            variables::set_store(r, StoreStatus::NotCacheable);
             return;
         }
-
-        debug!(
-            (*(*r).connection).log,
-            "rcache: store: cacheable for {}s, capturing the body", ttl
-        );
-        state.page.status = facts.status;
-        state.page.ttl = ttl;
-        state.page.headers = kept_headers(r);
-        if out.content_length_n > 0 {
-            state.page.body.reserve_exact(out.content_length_n as usize);
-        }
-        state.phase = Phase::Body;
+    };
+    let length = r.headers_out.content_length_n;
+    if length > 0 && length as u64 > lcf.store_max_size as u64 {
+        variables::set_store(r, StoreStatus::TooLarge);
+        return;
     }
+
+    debug!(
+        log(r),
+        "rcache: store: cacheable for {}s, capturing the body", ttl
+    );
+    state.page.status = facts.status;
+    state.page.ttl = ttl;
+    state.page.headers = kept_headers(r);
+    if length > 0 {
+        state.page.body.reserve_exact(length as usize);
+    }
+    state.phase = Phase::Body;
+}
+
+/// What the cacheability rules look at in a response (values in the request's pool).
+fn response_facts<'a>(r: &'a ngx_http_request_t) -> policy::Response<'a> {
+    let out = &r.headers_out;
+    let mut facts = policy::Response {
+        status: u16::try_from(out.status).unwrap_or(0),
+        ..Default::default()
+    };
+    for h in headers(&out.headers) {
+        let name = h.key.as_bytes();
+        if name.eq_ignore_ascii_case(b"set-cookie") {
+            facts.set_cookie = true;
+        } else if name.eq_ignore_ascii_case(b"cache-control") {
+            facts.cache_control.push(h.value.as_bytes());
+        } else if name.eq_ignore_ascii_case(b"vary") {
+            facts.vary.push(h.value.as_bytes());
+        }
+    }
+    facts.content_encoding = content_encoding(r).map(|ce| ce.value.as_bytes());
+    // SAFETY: NULL, or the upstream (proxy, fastcgi, ...) that produced the response.
+    if let Some(u) = unsafe { r.upstream.as_ref() } {
+        // nginx's proxy and fastcgi modules consume X-Accel-Expires (it is not in
+        // headers_out); it is still in what the upstream sent. Like proxy_cache,
+        // rcache_store follows `proxy_ignore_headers X-Accel-Expires Cache-Control`.
+        // SAFETY: NULL or the upstream's conf.
+        let ignored = unsafe { u.conf.as_ref() }.map_or(0, |c| c.ignore_headers);
+        if ignored & NGX_HTTP_UPSTREAM_IGN_XA_EXPIRES as ngx_uint_t == 0 {
+            // SAFETY: NULL or the header the upstream sent.
+            if let Some(xae) = unsafe { u.headers_in.x_accel_expires.as_ref() } {
+                facts.x_accel_expires = Some(xae.value.as_bytes());
+            }
+        }
+        if ignored & NGX_HTTP_UPSTREAM_IGN_CACHE_CONTROL as ngx_uint_t != 0 {
+            facts.cache_control.clear();
+        }
+    }
+    facts
+}
+
+/// The response's Content-Encoding header, unless deleted.
+fn content_encoding(r: &ngx_http_request_t) -> Option<&ngx_table_elt_t> {
+    // SAFETY: NULL or an element of the response's header list.
+    unsafe { r.headers_out.content_encoding.as_ref() }.filter(|ce| ce.hash != 0)
 }
 
 /// The response headers a stored page keeps (see `page::KEPT_HEADERS`).
-///
-/// # Safety
-/// `r` must be a live request whose headers are being sent.
-unsafe fn kept_headers(r: *mut ngx_http_request_t) -> Vec<(&'static str, Vec<u8>)> {
-    // SAFETY: per the contract above.
-    unsafe {
-        let out = &(*r).headers_out;
-        let mut kept = Vec::new();
-        if out.content_type.len > 0 {
-            kept.push(("Content-Type", out.content_type.as_bytes().to_vec()));
-        }
-        if let Some(ce) = out.content_encoding.as_ref() {
-            if ce.hash != 0 && ce.value.as_bytes().eq_ignore_ascii_case(b"gzip") {
-                kept.push(("Content-Encoding", b"gzip".to_vec()));
-            }
-        }
-        if out.last_modified_time != -1 {
-            let mut buf = [0u8; 32];
-            let end = ngx_http_time(buf.as_mut_ptr(), out.last_modified_time);
-            let len = end.offset_from(buf.as_ptr()) as usize;
-            kept.push(("Last-Modified", buf[..len].to_vec()));
-        }
-        for h in headers(&out.headers) {
-            let name = h.key.as_bytes();
-            if let Some(kept_name) = page::kept_header(name) {
-                if !matches!(
-                    kept_name,
-                    "Content-Type" | "Content-Encoding" | "Last-Modified"
-                ) {
-                    kept.push((kept_name, h.value.as_bytes().to_vec()));
-                }
-            }
-        }
-        kept
+fn kept_headers(r: &ngx_http_request_t) -> Vec<(&'static str, Vec<u8>)> {
+    let out = &r.headers_out;
+    let mut kept = Vec::new();
+    if out.content_type.len > 0 {
+        kept.push(("Content-Type", out.content_type.as_bytes().to_vec()));
     }
+    if content_encoding(r).is_some_and(|ce| ce.value.as_bytes().eq_ignore_ascii_case(b"gzip")) {
+        kept.push(("Content-Encoding", b"gzip".to_vec()));
+    }
+    if out.last_modified_time != -1 {
+        let mut buf = [0u8; 32];
+        // SAFETY: nginx writes at most 29 bytes ("Mon, 28 Sep 1970 06:00:00 GMT").
+        let len = unsafe {
+            let end = ngx_http_time(buf.as_mut_ptr(), out.last_modified_time);
+            end.offset_from(buf.as_ptr()) as usize
+        };
+        kept.push(("Last-Modified", buf[..len].to_vec()));
+    }
+    for h in headers(&out.headers) {
+        let Some(kept_name) = page::kept_header(h.key.as_bytes()) else {
+            continue;
+        };
+        if !matches!(
+            kept_name,
+            "Content-Type" | "Content-Encoding" | "Last-Modified"
+        ) {
+            kept.push((kept_name, h.value.as_bytes().to_vec()));
+        }
+    }
+    kept
 }
 
 /// The live entries of a header list (nginx deletes a header by zeroing its hash).
-///
-/// # Safety
-/// `list` must be a header list of a live request.
-unsafe fn headers(list: &ngx_list_t) -> impl Iterator<Item = &ngx_table_elt_t> {
+fn headers(list: &ngx_list_t) -> impl Iterator<Item = &ngx_table_elt_t> {
     let mut part: *const ngx_list_part_t = &list.part;
     core::iter::from_fn(move || {
         // SAFETY: walks the list's parts; elements are ngx_table_elt_t.
@@ -313,86 +313,84 @@ unsafe fn headers(list: &ngx_list_t) -> impl Iterator<Item = &ngx_table_elt_t> {
 }
 
 unsafe extern "C" fn body_filter(r: *mut ngx_http_request_t, chain: *mut ngx_chain_t) -> ngx_int_t {
+    let mut complete = false;
     // SAFETY: nginx calls body filters with a live request and its output chain.
-    unsafe {
-        let mut complete = false;
-        if let Some(state) = find(r) {
-            if state.phase == Phase::Body {
-                complete = copy_chain(r, state, chain);
-            }
+    if let Some(state) = unsafe { find(r) } {
+        if state.phase == Phase::Body {
+            // SAFETY: as above.
+            complete = copy_chain(unsafe { &mut *r }, state, chain);
         }
-        let rc = match NEXT_BODY_FILTER {
-            Some(next) => next(r, chain),
-            None => Status::NGX_ERROR.into(),
-        };
-        if complete {
-            if let Some(state) = find(r) {
-                state.phase = Phase::Done;
-                let page = core::mem::take(&mut state.page);
-                client::write(r, &*state.lcf, state.key(), page);
-            }
-        }
-        rc
     }
+    // SAFETY: the next filter, set at configuration time, with nginx's arguments.
+    let rc = match unsafe { NEXT_BODY_FILTER } {
+        Some(next) => unsafe { next(r, chain) },
+        None => Status::NGX_ERROR.into(),
+    };
+    if complete {
+        // SAFETY: as above (the request is still live after the next filters).
+        if let Some(state) = unsafe { find(r) } {
+            state.phase = Phase::Done;
+            let page = core::mem::take(&mut state.page);
+            // SAFETY: the rcache location's conf; the response has passed.
+            unsafe { client::write(r, &*state.lcf, state.key(), page) };
+        }
+    }
+    rc
 }
 
 /// Appends the chain's bytes to the capture; true once the last buffer is in.
-///
-/// # Safety
-/// `chain` must be the request's output chain.
-unsafe fn copy_chain(
-    r: *mut ngx_http_request_t,
-    state: &mut StoreState,
-    chain: *mut ngx_chain_t,
-) -> bool {
-    // SAFETY: buffers in the chain are valid while the filter runs.
-    unsafe {
-        let max = (*state.lcf).store_max_size;
-        let mut cl = chain;
-        while !cl.is_null() {
-            let b = &*(*cl).buf;
-            if buf_in_memory(b) {
-                let n = b.last.offset_from(b.pos) as usize;
-                if state.page.body.len() + n > max {
-                    return too_large(r, state);
-                }
-                state
-                    .page
-                    .body
-                    .extend_from_slice(slice::from_raw_parts(b.pos, n));
-            } else if b.in_file() != 0 {
-                let n = (b.file_last - b.file_pos) as usize;
-                if state.page.body.len() + n > max {
-                    return too_large(r, state);
-                }
-                // A response the fallback buffered to a temporary file: read it back
-                // (from the page cache, as nginx itself reads file buffers without aio).
-                let at = state.page.body.len();
-                state.page.body.resize(at + n, 0);
-                let read = ngx_read_file(b.file, state.page.body[at..].as_mut_ptr(), n, b.file_pos);
-                if read != n as isize {
-                    state.phase = Phase::Done;
-                    state.page.body = Vec::new();
-                    variables::set_store(&mut *r, StoreStatus::Failed);
-                    return false;
-                }
+fn copy_chain(r: &mut ngx_http_request_t, state: &mut StoreState, chain: *mut ngx_chain_t) -> bool {
+    // SAFETY: the rcache location's conf, live for the configuration.
+    let max = unsafe { (*state.lcf).store_max_size };
+    let mut cl = chain;
+    // SAFETY: NULL or a link of the output chain, valid while the filter runs.
+    while let Some(link) = unsafe { cl.as_ref() } {
+        // SAFETY: every link of an output chain has a buffer.
+        let b = unsafe { &*link.buf };
+        let body = &mut state.page.body;
+        if buf_in_memory(b) {
+            // SAFETY: an in-memory buffer holds pos..last.
+            let bytes = unsafe { slice::from_raw_parts(b.pos, b.last.offset_from(b.pos) as usize) };
+            if body.len() + bytes.len() > max {
+                return stop(r, state, StoreStatus::TooLarge);
             }
-            if b.last_buf() != 0 {
-                return true;
+            body.extend_from_slice(bytes);
+        } else if b.in_file() != 0 {
+            let n = (b.file_last - b.file_pos) as usize;
+            if body.len() + n > max {
+                return stop(r, state, StoreStatus::TooLarge);
             }
-            cl = (*cl).next;
+            // A response the fallback buffered to a temporary file: read it back
+            // (from the page cache, as nginx itself reads file buffers without aio).
+            let at = body.len();
+            body.resize(at + n, 0);
+            // SAFETY: reads n bytes of the buffer's file into the n bytes just added.
+            let read = unsafe { ngx_read_file(b.file, body[at..].as_mut_ptr(), n, b.file_pos) };
+            if read != n as isize {
+                return stop(r, state, StoreStatus::Failed);
+            }
         }
-        false
+        if b.last_buf() != 0 {
+            return true;
+        }
+        cl = link.next;
     }
+    false
 }
 
-/// The body outgrew `rcache_store_max_size`: stop copying, free what was copied.
-fn too_large(r: *mut ngx_http_request_t, state: &mut StoreState) -> bool {
+/// Stop copying (the body outgrew `rcache_store_max_size`, or a file could not be
+/// read), free what was copied, record why.
+fn stop(r: &mut ngx_http_request_t, state: &mut StoreState, status: StoreStatus) -> bool {
     state.phase = Phase::Done;
     state.page.body = Vec::new();
-    // SAFETY: r is the live request the state belongs to.
-    unsafe { variables::set_store(&mut *r, StoreStatus::TooLarge) };
+    variables::set_store(r, status);
     false
+}
+
+/// The request's log.
+fn log(r: &ngx_http_request_t) -> *mut ngx_log_t {
+    // SAFETY: a live request has a live connection.
+    unsafe { (*r.connection).log }
 }
 
 /// `ngx_buf_in_memory()`.

@@ -16,6 +16,7 @@
 
 use core::ffi::c_void;
 use core::ptr;
+use core::sync::atomic::{AtomicBool, Ordering};
 
 use ngx::core::Status;
 use ngx::ffi::*;
@@ -69,92 +70,109 @@ pub struct Job {
 /// # Safety
 /// `r` must be a live main request whose response has passed the body filter.
 pub unsafe fn write(r: *mut ngx_http_request_t, lcf: &LocConf, key: &[u8], page: Captured) {
-    // SAFETY: per the contract above; the job lives in a pool of its own.
-    unsafe {
-        let req = &mut *r;
-        let log = (*ngx_cycle).log;
-        let target = lcf.target;
-        let Some(peer) = crate::balancer::store_peer((*target).uscf, key) else {
-            debug!(log, "rcache: store: the key's server is down");
-            variables::set_store(req, StoreStatus::Failed);
-            return;
-        };
+    // SAFETY: per the contract above.
+    let req = unsafe { &mut *r };
+    let target = lcf.target;
+    // SAFETY: the target of lcf's upstream, live for the configuration.
+    let Some(peer) = (unsafe { crate::balancer::store_peer((*target).uscf, key) }) else {
+        debug!(cycle_log(), "rcache: store: the key's server is down");
+        variables::set_store(req, StoreStatus::Failed);
+        return;
+    };
+    let Some(command) = add_command(lcf, key, &page) else {
+        // rcache_max_size bounds the values rcache serves: a page over it would
+        // never be a HIT.
+        variables::set_store(req, StoreStatus::TooLarge);
+        return;
+    };
+    drop(page);
 
-        let headers: Vec<(&[u8], &[u8])> = page
-            .headers
-            .iter()
-            .map(|(n, v)| (n.as_bytes(), v.as_slice()))
-            .collect();
-        let value_len = page::encoded_len(page.status, &headers, &page.body);
-        if value_len > lcf.max_size {
-            // rcache_max_size bounds the values rcache serves: a page over it would
-            // never be a HIT.
-            variables::set_store(req, StoreStatus::TooLarge);
-            return;
+    // SAFETY: a pool of the job's own; the cleanup entry is in the request's pool.
+    let (pool, cleanup) = unsafe {
+        (
+            ngx_create_pool(1024, cycle_log()),
+            ngx_pool_cleanup_add(req.pool, 0),
+        )
+    };
+    // SAFETY: NULL or a fresh pool; the Job is written in place before use.
+    let job = unsafe { pool.as_mut() }.map_or(ptr::null_mut(), |pool| unsafe {
+        ngx_palloc(pool, size_of::<Job>()) as *mut Job
+    });
+    // SAFETY: NULL or the cleanup entry just added.
+    let Some(cleanup) = (unsafe { cleanup.as_mut() }).filter(|_| !job.is_null()) else {
+        if !pool.is_null() {
+            // SAFETY: the pool just created, with nothing in it yet.
+            unsafe { ngx_destroy_pool(pool) };
         }
-        let exptime = policy::exptime(page.ttl, ngx_time());
-        let mut command = protocol::add_command(key, STORED_FLAG, exptime, value_len);
-        command.reserve_exact(value_len + 2);
-        page::encode(page.status, &headers, &page.body, &mut command);
-        command.extend_from_slice(protocol::CRLF);
-        drop(headers);
-        drop(page);
+        variables::set_store(req, StoreStatus::Failed);
+        return;
+    };
 
-        let pool = ngx_create_pool(1024, log);
-        if pool.is_null() {
-            variables::set_store(req, StoreStatus::Failed);
-            return;
-        }
-        let job = ngx_pcalloc(pool, size_of::<Job>()) as *mut Job;
-        let cleanup = ngx_pool_cleanup_add(req.pool, 0);
-        if job.is_null() || cleanup.is_null() {
-            ngx_destroy_pool(pool);
-            variables::set_store(req, StoreStatus::Failed);
-            return;
-        }
-        let mut pc: ngx_peer_connection_t = core::mem::zeroed();
-        pc.sockaddr = peer.sockaddr;
-        pc.socklen = peer.socklen;
-        pc.name = peer.name;
-        pc.get = Some(get_chosen_peer);
-        pc.log = log;
-        pc.set_log_error(ngx_connection_log_error_e_NGX_ERROR_ERR);
-        pc.tries = 1;
-        ptr::write(
-            job,
-            Job {
-                pool,
-                peer: pc,
-                command,
-                sent: 0,
-                reply: Vec::with_capacity(64),
-                target,
-                addr: addr_bytes(peer.sockaddr, peer.socklen).to_vec(),
-                keepalive: lcf.keepalive(),
-                send_timeout: lcf.upstream.send_timeout,
-                read_timeout: lcf.upstream.read_timeout,
-                connect_timeout: lcf.upstream.connect_timeout,
-                request: r,
-                cleanup,
-                server: String::from_utf8_lossy((*peer.name).as_bytes()).into_owned(),
-                key: String::from_utf8_lossy(key).into_owned(),
-            },
-        );
-        (*cleanup).handler = Some(request_gone);
-        (*cleanup).data = job.cast();
-        debug!(
-            log,
-            "rcache: store: add \"{}\" ({} bytes, exptime {}) on memcached {}",
-            (*job).key,
-            value_len,
-            exptime,
-            (*job).server
-        );
-        // Keep the request until memcached has answered (see the module doc).
-        let main = &mut *req.main;
-        main.set_count(main.count() + 1);
-        connect(job);
+    // SAFETY: a zeroed peer connection is nginx's "nothing set yet".
+    let mut pc: ngx_peer_connection_t = unsafe { core::mem::zeroed() };
+    pc.sockaddr = peer.sockaddr;
+    pc.socklen = peer.socklen;
+    pc.name = peer.name;
+    pc.get = Some(get_chosen_peer);
+    pc.log = cycle_log();
+    pc.set_log_error(ngx_connection_log_error_e_NGX_ERROR_ERR);
+    pc.tries = 1;
+    let j = Job {
+        pool,
+        peer: pc,
+        command,
+        sent: 0,
+        reply: Vec::with_capacity(64),
+        target,
+        // SAFETY: the balancer's address of the server.
+        addr: unsafe { addr_bytes(peer.sockaddr, peer.socklen) }.to_vec(),
+        keepalive: lcf.keepalive(),
+        send_timeout: lcf.upstream.send_timeout,
+        read_timeout: lcf.upstream.read_timeout,
+        connect_timeout: lcf.upstream.connect_timeout,
+        request: r,
+        cleanup,
+        // SAFETY: the peer's name lives with the upstream's configuration.
+        server: String::from_utf8_lossy(unsafe { (*peer.name).as_bytes() }).into_owned(),
+        key: String::from_utf8_lossy(key).into_owned(),
+    };
+    debug!(
+        cycle_log(),
+        "rcache: store: add \"{}\" ({} bytes) on memcached {}",
+        j.key,
+        j.command.len(),
+        j.server
+    );
+    // SAFETY: job is fresh memory for a Job in its own pool.
+    unsafe { ptr::write(job, j) };
+    cleanup.handler = Some(request_gone);
+    cleanup.data = job.cast();
+    // Keep the request until memcached has answered (see the module doc).
+    // SAFETY: the main request of a live request.
+    let main = unsafe { &mut *req.main };
+    main.set_count(main.count() + 1);
+    // SAFETY: the job just written, without a connection yet.
+    unsafe { connect(job) };
+}
+
+/// `add <key> <flags> <exptime> <bytes>\r\n<stored page>\r\n`; None when the
+/// stored page would be over `rcache_max_size`.
+fn add_command(lcf: &LocConf, key: &[u8], page: &Captured) -> Option<Vec<u8>> {
+    let headers: Vec<(&[u8], &[u8])> = page
+        .headers
+        .iter()
+        .map(|(n, v)| (n.as_bytes(), v.as_slice()))
+        .collect();
+    let value_len = page::encoded_len(page.status, &headers, &page.body);
+    if value_len > lcf.max_size {
+        return None;
     }
+    let exptime = policy::exptime(page.ttl, ngx_time());
+    let mut command = protocol::add_command(key, STORED_FLAG, exptime, value_len);
+    command.reserve_exact(value_len + 2);
+    page::encode(page.status, &headers, &page.body, &mut command);
+    command.extend_from_slice(protocol::CRLF);
+    Some(command)
 }
 
 /// The request's pool is going away (the client closed): forget the request,
@@ -162,15 +180,13 @@ pub unsafe fn write(r: *mut ngx_http_request_t, lcf: &LocConf, key: &[u8], page:
 unsafe extern "C" fn request_gone(data: *mut c_void) {
     // SAFETY: data is the job write() registered; it is in flight, since
     // finish() unregisters this cleanup before the job is freed.
-    unsafe {
-        let job = &mut *(data as *mut Job);
-        debug!(
-            (*ngx_cycle).log,
-            "rcache: store: the request is gone, the write goes on"
-        );
-        job.request = ptr::null_mut();
-        job.cleanup = ptr::null_mut();
-    }
+    let job = unsafe { &mut *(data as *mut Job) };
+    debug!(
+        cycle_log(),
+        "rcache: store: the request is gone, the write goes on"
+    );
+    job.request = ptr::null_mut();
+    job.cleanup = ptr::null_mut();
 }
 
 /// `peer.get` of a store: the server is chosen already.
@@ -178,45 +194,47 @@ unsafe extern "C" fn get_chosen_peer(
     _pc: *mut ngx_peer_connection_t,
     _data: *mut c_void,
 ) -> ngx_int_t {
-    Status::NGX_OK.0
+    Status::NGX_OK.into()
 }
 
 /// # Safety
 /// `job` must be a job in flight without a connection.
 unsafe fn connect(job: *mut Job) {
     // SAFETY: per the contract above.
-    unsafe {
-        let j = &mut *job;
-        let log = (*ngx_cycle).log;
-        if let Some(c) = (*j.target).idle.take(&j.addr, log) {
-            debug!(log, "rcache: store: using pooled connection {:p}", c);
-            j.peer.connection = c;
-            adopt(job, c);
-            send(job);
-            return;
-        }
-        debug!(log, "rcache: store: connecting to memcached {}", j.server);
-        let rc = ngx_event_connect_peer(&mut j.peer);
-        if rc != Status::NGX_OK.0 && rc != Status::NGX_AGAIN.0 {
-            finish(job, WriteResult::Failed("connect() failed".into()));
-            return;
-        }
-        let c = j.peer.connection;
-        if (*c).pool.is_null() {
-            // Pooled connections have a pool (nginx's upstream gives its own one).
-            (*c).pool = ngx_create_pool(128, log);
-            if (*c).pool.is_null() {
-                finish(job, WriteResult::Failed("out of memory".into()));
-                return;
-            }
-        }
-        adopt(job, c);
-        if rc == Status::NGX_AGAIN.0 {
-            ngx_add_timer((*c).write, j.connect_timeout);
-            return;
-        }
-        send(job);
+    let j = unsafe { &mut *job };
+    let log = cycle_log();
+    // SAFETY: the target lives with the configuration; the pool runs in this worker.
+    if let Some(c) = unsafe { (*j.target).idle.take(&j.addr, log) } {
+        debug!(log, "rcache: store: using pooled connection {:p}", c);
+        j.peer.connection = c;
+        // SAFETY: c is the open connection just taken.
+        unsafe { adopt(job, c) };
+        return on_writable(job);
     }
+    debug!(log, "rcache: store: connecting to memcached {}", j.server);
+    // SAFETY: a filled-in peer connection.
+    let rc = Status(unsafe { ngx_event_connect_peer(&mut j.peer) });
+    if rc != Status::NGX_OK && rc != Status::NGX_AGAIN {
+        return finish(job, WriteResult::Failed("connect() failed".into()));
+    }
+    // SAFETY: nginx connected (or is connecting) and set the connection.
+    let c = unsafe { &mut *j.peer.connection };
+    if c.pool.is_null() {
+        // Pooled connections have a pool (nginx's upstream gives its own one).
+        // SAFETY: a pool for the connection, freed when it is closed.
+        c.pool = unsafe { ngx_create_pool(128, log) };
+        if c.pool.is_null() {
+            return finish(job, WriteResult::Failed("out of memory".into()));
+        }
+    }
+    // SAFETY: c is the job's open connection.
+    unsafe { adopt(job, c) };
+    if rc == Status::NGX_AGAIN {
+        // SAFETY: the connection's write event.
+        unsafe { ngx_add_timer(c.write, j.connect_timeout) };
+        return;
+    }
+    on_writable(job);
 }
 
 /// Points the connection's events at the job.
@@ -225,132 +243,119 @@ unsafe fn connect(job: *mut Job) {
 /// `c` must be the job's open connection.
 unsafe fn adopt(job: *mut Job, c: *mut ngx_connection_t) {
     // SAFETY: per the contract above.
+    let (c, rd, wr) = unsafe { (&mut *c, &mut *(*c).read, &mut *(*c).write) };
+    c.data = job.cast();
+    rd.handler = Some(on_read);
+    wr.handler = Some(on_write);
+    let log = cycle_log();
+    c.log = log;
+    rd.log = log;
+    wr.log = log;
+}
+
+/// The job of an event on its connection.
+///
+/// # Safety
+/// `ev` must be an event of a job's connection.
+unsafe fn job_of(ev: *mut ngx_event_t) -> (*mut Job, &'static mut ngx_event_t) {
+    // SAFETY: per the contract above: ev->data is the connection, c->data the job.
     unsafe {
-        (*c).data = job.cast();
-        (*(*c).read).handler = Some(on_read);
-        (*(*c).write).handler = Some(on_write);
-        let log = (*ngx_cycle).log;
-        (*c).log = log;
-        (*(*c).read).log = log;
-        (*(*c).write).log = log;
+        let c = (*ev).data as *mut ngx_connection_t;
+        ((*c).data as *mut Job, &mut *ev)
     }
 }
 
 unsafe extern "C" fn on_write(ev: *mut ngx_event_t) {
-    // SAFETY: the event belongs to a job's connection.
-    unsafe {
-        let c = (*ev).data as *mut ngx_connection_t;
-        let job = (*c).data as *mut Job;
-        if (*ev).timedout() != 0 {
-            finish(job, WriteResult::Failed("timed out".into()));
-            return;
-        }
-        send(job);
+    // SAFETY: nginx calls this for a job's connection.
+    let (job, ev) = unsafe { job_of(ev) };
+    if ev.timedout() != 0 {
+        return finish(job, WriteResult::Failed("timed out".into()));
     }
+    on_writable(job);
 }
 
 /// Sends what is left of the command, then waits for the reply.
-///
-/// # Safety
-/// `job` must have a connection.
-unsafe fn send(job: *mut Job) {
-    // SAFETY: per the contract above.
-    unsafe {
-        let j = &mut *job;
-        let c = j.peer.connection;
-        let Some(send) = (*c).send else {
-            finish(job, WriteResult::Failed("no send".into()));
+fn on_writable(job: *mut Job) {
+    // SAFETY: called for a job in flight with an open connection.
+    let (j, c) = unsafe { (&mut *job, &mut *(*job).peer.connection) };
+    // SAFETY: an open connection has its events.
+    let (rd, wr) = unsafe { (&mut *c.read, &mut *c.write) };
+    let Some(send) = c.send else {
+        return finish(job, WriteResult::Failed("no send".into()));
+    };
+    while j.sent < j.command.len() {
+        let rest = &j.command[j.sent..];
+        // SAFETY: nginx's send on the open connection, from the job's buffer.
+        let n = unsafe { send(c, rest.as_ptr().cast_mut(), rest.len()) };
+        if n == Status::NGX_AGAIN.0 {
+            // SAFETY: the connection's write event.
+            if !Status(unsafe { ngx_handle_write_event(wr, 0) }).is_ok() {
+                return finish(job, WriteResult::Failed("event error".into()));
+            }
+            if wr.timer_set() == 0 {
+                // SAFETY: as above.
+                unsafe { ngx_add_timer(wr, j.send_timeout) };
+            }
             return;
-        };
-        while j.sent < j.command.len() {
-            let rest = &j.command[j.sent..];
-            let n = send(c, rest.as_ptr().cast_mut(), rest.len());
-            if n == Status::NGX_AGAIN.0 {
-                if ngx_handle_write_event((*c).write, 0) != Status::NGX_OK.0 {
-                    finish(job, WriteResult::Failed("event error".into()));
-                    return;
-                }
-                if (*(*c).write).timer_set() == 0 {
-                    ngx_add_timer((*c).write, j.send_timeout);
-                }
-                return;
-            }
-            if n <= 0 {
-                finish(job, WriteResult::Failed("send() failed".into()));
-                return;
-            }
-            j.sent += n as usize;
         }
-        if (*(*c).write).timer_set() != 0 {
-            ngx_del_timer((*c).write);
+        if n <= 0 {
+            return finish(job, WriteResult::Failed("send() failed".into()));
         }
-        ngx_add_timer((*c).read, j.read_timeout);
-        if ngx_handle_read_event((*c).read, 0) != Status::NGX_OK.0 {
-            finish(job, WriteResult::Failed("event error".into()));
+        j.sent += n as usize;
+    }
+    // SAFETY: the connection's events.
+    unsafe {
+        if wr.timer_set() != 0 {
+            ngx_del_timer(wr);
         }
+        ngx_add_timer(rd, j.read_timeout);
+    }
+    // SAFETY: as above.
+    if !Status(unsafe { ngx_handle_read_event(rd, 0) }).is_ok() {
+        finish(job, WriteResult::Failed("event error".into()));
     }
 }
 
 unsafe extern "C" fn on_read(ev: *mut ngx_event_t) {
-    // SAFETY: the event belongs to a job's connection.
-    unsafe {
-        let c = (*ev).data as *mut ngx_connection_t;
-        let job = (*c).data as *mut Job;
-        let j = &mut *job;
-        if (*ev).timedout() != 0 {
-            finish(job, WriteResult::Failed("timed out".into()));
+    // SAFETY: nginx calls this for a job's connection.
+    let (job, ev) = unsafe { job_of(ev) };
+    if ev.timedout() != 0 {
+        return finish(job, WriteResult::Failed("timed out".into()));
+    }
+    // SAFETY: a job in flight with an open connection.
+    let (j, c) = unsafe { (&mut *job, &mut *(*job).peer.connection) };
+    if j.sent < j.command.len() {
+        // Still sending: memcached should not answer yet.
+        return;
+    }
+    let Some(recv) = c.recv else {
+        return finish(job, WriteResult::Failed("no recv".into()));
+    };
+    let mut buf = [0u8; 512];
+    loop {
+        // SAFETY: nginx's recv on the open connection, into buf.
+        let n = unsafe { recv(c, buf.as_mut_ptr(), buf.len()) };
+        if n == Status::NGX_AGAIN.0 {
+            // SAFETY: the connection's read event.
+            if !Status(unsafe { ngx_handle_read_event(c.read, 0) }).is_ok() {
+                finish(job, WriteResult::Failed("event error".into()));
+            }
             return;
         }
-        if j.sent < j.command.len() {
-            // Still sending: memcached should not answer yet.
-            return;
+        if n <= 0 {
+            return finish(job, WriteResult::Failed("connection closed".into()));
         }
-        let Some(recv) = (*c).recv else {
-            finish(job, WriteResult::Failed("no recv".into()));
-            return;
+        j.reply.extend_from_slice(&buf[..n as usize]);
+        let result = match protocol::parse_line_reply(&j.reply) {
+            Ok(None) => continue,
+            Ok(Some(LineReply::Stored)) => WriteResult::Stored,
+            // `add` found a value: the app wrote the page meanwhile.
+            Ok(Some(LineReply::NotStored)) => WriteResult::Present,
+            Ok(Some(_)) => WriteResult::Failed("memcached answered something else".into()),
+            Err(err) if err.to_string().contains("too large") => WriteResult::TooLarge,
+            Err(err) => WriteResult::Failed(err.to_string()),
         };
-        let mut buf = [0u8; 512];
-        loop {
-            let n = recv(c, buf.as_mut_ptr(), buf.len());
-            if n == Status::NGX_AGAIN.0 {
-                if ngx_handle_read_event((*c).read, 0) != Status::NGX_OK.0 {
-                    finish(job, WriteResult::Failed("event error".into()));
-                }
-                return;
-            }
-            if n <= 0 {
-                finish(job, WriteResult::Failed("connection closed".into()));
-                return;
-            }
-            j.reply.extend_from_slice(&buf[..n as usize]);
-            match protocol::parse_line_reply(&j.reply) {
-                Ok(None) => continue,
-                Ok(Some(LineReply::Stored)) => {
-                    finish(job, WriteResult::Stored);
-                    return;
-                }
-                Ok(Some(LineReply::NotStored)) => {
-                    // `add` found a value: the app wrote the page meanwhile.
-                    finish(job, WriteResult::Present);
-                    return;
-                }
-                Ok(Some(_)) => {
-                    finish(
-                        job,
-                        WriteResult::Failed("memcached answered something else".into()),
-                    );
-                    return;
-                }
-                Err(err) if err.to_string().contains("too large") => {
-                    finish(job, WriteResult::TooLarge);
-                    return;
-                }
-                Err(err) => {
-                    finish(job, WriteResult::Failed(err.to_string()));
-                    return;
-                }
-            }
-        }
+        return finish(job, result);
     }
 }
 
@@ -366,23 +371,22 @@ enum WriteResult {
 
 /// Whether this worker's last store failed: failures are logged once, not per store,
 /// until a store succeeds again.
-static mut FAILING: bool = false;
+static FAILING: AtomicBool = AtomicBool::new(false);
 
 /// Ends the job: the connection back to the pool (or closed), the status recorded, the
 /// request released, the job freed.
-///
-/// # Safety
-/// `job` must be a job in flight; it is freed.
-unsafe fn finish(job: *mut Job, outcome: WriteResult) {
-    // SAFETY: per the contract above; the worker is single-threaded.
-    unsafe {
-        let j = &mut *job;
-        let c = j.peer.connection;
-        if !c.is_null() {
-            // The reply was read whole for every outcome but a failure.
-            let clean = !matches!(outcome, WriteResult::Failed(_));
-            let reusable = clean && ngx_terminate == 0 && ngx_exiting == 0;
-            for ev in [(*c).read, (*c).write] {
+fn finish(job: *mut Job, result: WriteResult) {
+    // SAFETY: called for a job in flight; it is freed at the end.
+    let j = unsafe { &mut *job };
+    // SAFETY: NULL or the job's open connection.
+    if let Some(c) = unsafe { j.peer.connection.as_mut() } {
+        // The reply was read whole for every result but a failure.
+        let clean = !matches!(result, WriteResult::Failed(_));
+        // SAFETY: nginx's shutdown flags, written by the same thread.
+        let reusable = clean && unsafe { ngx_terminate == 0 && ngx_exiting == 0 };
+        // SAFETY: the connection's events, its pool entry and its close.
+        unsafe {
+            for ev in [c.read, c.write] {
                 if (*ev).timer_set() != 0 {
                     ngx_del_timer(ev);
                 }
@@ -390,57 +394,67 @@ unsafe fn finish(job: *mut Job, outcome: WriteResult) {
             if !reusable || !(*j.target).idle.put(c, &j.addr, j.keepalive) {
                 pool::close(c);
             }
-            j.peer.connection = ptr::null_mut();
         }
+        j.peer.connection = ptr::null_mut();
+    }
 
-        let status = match &outcome {
-            WriteResult::Stored => {
-                FAILING = false;
-                StoreStatus::Stored
-            }
-            WriteResult::Present => StoreStatus::Present,
-            WriteResult::TooLarge => {
+    let log = cycle_log();
+    let status = match &result {
+        WriteResult::Stored => {
+            FAILING.store(false, Ordering::Relaxed);
+            StoreStatus::Stored
+        }
+        WriteResult::Present => StoreStatus::Present,
+        WriteResult::TooLarge => {
+            ngx_log_error!(
+                NGX_LOG_INFO,
+                log,
+                "rcache: memcached \"{}\" refused key \"{}\" as too large for it",
+                j.server,
+                j.key
+            );
+            StoreStatus::TooLarge
+        }
+        WriteResult::Failed(why) => {
+            if !FAILING.swap(true, Ordering::Relaxed) {
                 ngx_log_error!(
-                    NGX_LOG_INFO,
-                    (*ngx_cycle).log,
-                    "rcache: memcached \"{}\" refused key \"{}\" as too large for it",
+                    NGX_LOG_ERR,
+                    log,
+                    "rcache: storing key \"{}\" on memcached \"{}\" failed: {} (further \
+                     failures are not logged until a store succeeds)",
+                    j.key,
                     j.server,
-                    j.key
+                    why
                 );
-                StoreStatus::TooLarge
             }
-            WriteResult::Failed(why) => {
-                if !FAILING {
-                    FAILING = true;
-                    ngx_log_error!(
-                        NGX_LOG_ERR,
-                        (*ngx_cycle).log,
-                        "rcache: storing key \"{}\" on memcached \"{}\" failed: {} (further \
-                         failures are not logged until a store succeeds)",
-                        j.key,
-                        j.server,
-                        why
-                    );
-                }
-                StoreStatus::Failed
-            }
-        };
-
-        debug!(
-            (*ngx_cycle).log,
-            "rcache: store of \"{}\": {:?}", j.key, status
-        );
-        if let Some(cleanup) = j.cleanup.as_mut() {
-            // The job is about to go: the request must not tell it anything.
-            cleanup.handler = None;
+            StoreStatus::Failed
         }
-        if let Some(r) = j.request.as_mut() {
-            variables::set_store(r, status);
-            ngx_http_finalize_request(r, Status::NGX_DONE.into());
-        }
+    };
+    debug!(log, "rcache: store of \"{}\": {:?}", j.key, status);
 
-        let pool = j.pool;
+    // SAFETY: NULL, or the job's entry in the live request's cleanups.
+    if let Some(cleanup) = unsafe { j.cleanup.as_mut() } {
+        // The job is about to go: the request must not tell it anything.
+        cleanup.handler = None;
+    }
+    // SAFETY: NULL, or the request kept open for this job.
+    if let Some(r) = unsafe { j.request.as_mut() } {
+        variables::set_store(r, status);
+        // SAFETY: drops the reference write() took.
+        unsafe { ngx_http_finalize_request(r, Status::NGX_DONE.into()) };
+    }
+
+    let pool = j.pool;
+    // SAFETY: the job lives in its own pool, dropped once, here; nothing
+    // refers to it any more.
+    unsafe {
         ptr::drop_in_place(job);
         ngx_destroy_pool(pool);
     }
+}
+
+/// The log of the worker (a store outlives its request).
+fn cycle_log() -> *mut ngx_log_t {
+    // SAFETY: the cycle is live while the worker runs.
+    unsafe { (*ngx_cycle).log }
 }
