@@ -25,6 +25,9 @@
 #                  unit tests + integration tests against the nginx 1.28 that the nginx-src
 #                  crate bundles; the tests find that binary themselves and load
 #                  target/release/librcache.so (see tests/common)
+#   debug          the bundled nginx and the module again, built --with-debug (in
+#                  target/debug-nginx, ~2 min cold), and tests/debug_log.rs run with
+#                  --ignored against them: the module's debug log tells a request's story
 #   debian-build   scripts/build-for-installed-nginx.sh -> target/debian/release/librcache.so
 #                  (the module built against Debian's nginx 1.22 headers and configure flags)
 #   debian         RCACHE_NGINX=/usr/sbin/nginx RCACHE_MODULE=<that .so> \
@@ -129,9 +132,20 @@ if [ $run_vendored -eq 1 ]; then
     else
         record vendored "skipped (build failed)"
     fi
+    # nginx's debug log exists only in a --with-debug build, and the module's debug lines
+    # are compiled in only against one: a separate target dir keeps both apart.
+    debug_env=(env NGX_CONFIGURE_ARGS=--with-debug CARGO_TARGET_DIR="$here/target/debug-nginx")
+    if stage debug-build "${debug_env[@]}" cargo build --release --features vendored; then
+        RCACHE_MODULE=$here/target/debug-nginx/release/librcache.so \
+            stage debug "${debug_env[@]}" cargo test --release --features vendored \
+            --test debug_log -- --ignored
+    else
+        record debug "skipped (debug-build failed)"
+    fi
 else
     record build "skipped (--debian-only)"
     record vendored "skipped (--debian-only)"
+    record debug "skipped (--debian-only)"
 fi
 
 # --- Debian's nginx ------------------------------------------------------------------------

@@ -35,6 +35,7 @@ mod gzip;
 mod handler;
 mod key;
 mod lookup;
+mod meta;
 mod outcome;
 mod peer;
 mod pool;

@@ -218,7 +218,7 @@ fn parse_value_line(
 }
 
 /// A non-empty run of ASCII digits that fits in a u64.
-fn parse_decimal(digits: &[u8]) -> Option<u64> {
+pub fn parse_decimal(digits: &[u8]) -> Option<u64> {
     if digits.is_empty() || digits.len() > 20 {
         return None;
     }
@@ -288,7 +288,7 @@ pub const DELETE: &[u8] = b"delete ";
 
 /// A log-safe rendering of a protocol line: at most 128 bytes, non-printable
 /// bytes as `\xNN`.
-fn printable(bytes: &[u8]) -> String {
+pub fn printable(bytes: &[u8]) -> String {
     let mut out = String::new();
     for &b in bytes.iter().take(128) {
         if (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\' {

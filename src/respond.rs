@@ -177,10 +177,15 @@ fn send_header(r: &mut ngx_http_request_t) -> Option<Status> {
 /// string kept), or answers 404/502/504 when there is none. Returns the rc
 /// to finalize `r` with.
 pub fn fall_back(r: &mut ngx_http_request_t, verdict: Verdict) -> Status {
-    variables::set_status(r, cache_status(verdict));
+    let status = cache_status(verdict);
+    variables::set_status(r, status);
     let Some(fallback) = loc_conf(r).and_then(LocConf::fallback) else {
-        debug!(log(r), "rcache: {:?} without rcache_fallback", verdict);
-        return verdict.status_without_fallback();
+        let rc = verdict.status_without_fallback();
+        debug!(
+            log(r),
+            "rcache: {} ({:?}): no rcache_fallback, answering {:?}", status, verdict, rc
+        );
+        return rc;
     };
     let mut target = ngx_str_t::empty();
     if !complex_value(r, &fallback.target, &mut target) {
@@ -188,7 +193,7 @@ pub fn fall_back(r: &mut ngx_http_request_t, verdict: Verdict) -> Status {
     }
     debug!(
         log(r),
-        "rcache: {:?}: to the fallback \"{}\"", verdict, target
+        "rcache: {} ({:?}): to the fallback \"{}\"", status, verdict, target
     );
     match target.as_bytes().first() {
         // SAFETY: r is live; the target lives in its pool.

@@ -29,6 +29,12 @@ pub enum CacheStatus {
     Purge,
 }
 
+impl core::fmt::Display for CacheStatus {
+    fn fmt(&self, f: &mut core::fmt::Formatter) -> core::fmt::Result {
+        f.write_str(core::str::from_utf8(self.as_bytes()).unwrap_or("?"))
+    }
+}
+
 impl CacheStatus {
     pub fn as_bytes(self) -> &'static [u8] {
         match self {

@@ -1,0 +1,448 @@
+//! memcached's meta protocol (`mg`, `ms`, `md`), as far as stale pages and the
+//! regeneration lock will speak it: the commands, and their replies (pure).
+//!
+//! Not wired into the request path yet: the lookup still sends the classic `get`
+//! (`protocol.rs`). This is the parser the stale-pages work builds on, tested on its
+//! own here and, for the server's side of each behaviour it relies on (vivify `N`,
+//! recache `R`, the `W`/`Z`/`X` flags, `ms` with `C`/`I`, `md` with `I`), against
+//! memcached 1.6.18 in `tests/meta_protocol.rs`.
+//!
+//! As with `protocol.rs`, a reply is parsed from everything received so far, and the
+//! buffer must hold exactly one reply.
+#![allow(dead_code)]
+
+use crate::protocol::{parse_decimal as decimal, printable, ProtocolError, CRLF, MAX_LINE};
+
+/// The return flags of a meta reply that rcache asks for or acts on.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MetaFlags {
+    /// `W`: this client won the right to recache the item (vivified, stale, or
+    /// past the `R` threshold).
+    pub win: bool,
+    /// `Z`: another client has won already and not stored yet.
+    pub won_already: bool,
+    /// `X`: the item is stale (invalidated with `md ... I` or `ms ... I`).
+    pub stale: bool,
+    /// `f<flags>`: the client flags.
+    pub client_flags: Option<u32>,
+    /// `t<ttl>`: seconds left, -1 for none.
+    pub ttl: Option<i64>,
+    /// `c<cas>`: the CAS value.
+    pub cas: Option<u64>,
+}
+
+/// A complete meta reply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MetaReply {
+    /// `VA <len> <flags>*`: the value is `value_range` of the buffer.
+    Value {
+        flags: MetaFlags,
+        line_len: usize,
+        len: usize,
+    },
+    /// `HD <flags>*`: success without a value (`ms`, `md`, `mg` without `v`).
+    Header(MetaFlags),
+    /// `EN`: `mg` found no item.
+    NotFound,
+    /// `NS`: `ms` did not store (mode add/replace condition not met).
+    NotStored,
+    /// `EX`: the CAS given with `C` did not match.
+    Exists,
+    /// `NF`: `ms`/`md` found no item (CAS or replace mode).
+    NoItem,
+}
+
+impl MetaReply {
+    /// Where a `VA` reply's value is, in the buffer it was parsed from.
+    pub fn value_range(&self) -> Option<core::ops::Range<usize>> {
+        match *self {
+            MetaReply::Value { line_len, len, .. } => Some(line_len..line_len + len),
+            _ => None,
+        }
+    }
+}
+
+/// What the bytes received so far amount to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MetaParsed {
+    /// The reply line has not fully arrived.
+    NeedLine,
+    /// `VA`: `reply_len` bytes in all are expected.
+    NeedValue {
+        flags: MetaFlags,
+        line_len: usize,
+        len: usize,
+        reply_len: usize,
+    },
+    /// The whole reply is here.
+    Complete(MetaReply),
+}
+
+/// Parses `buf`, everything received for one meta command so far.
+pub fn parse_meta_reply(buf: &[u8]) -> Result<MetaParsed, ProtocolError> {
+    let window = &buf[..buf.len().min(MAX_LINE)];
+    let Some(lf) = window.iter().position(|&b| b == b'\n') else {
+        if buf.len() >= MAX_LINE {
+            return Err(ProtocolError::LineTooLong);
+        }
+        return Ok(MetaParsed::NeedLine);
+    };
+    let line_len = lf + 1;
+    let Some(line) = buf[..lf].strip_suffix(b"\r") else {
+        return Err(malformed(&buf[..lf]));
+    };
+    let mut words = line.split(|&b| b == b' ');
+    let code = words.next().unwrap_or_default();
+
+    let reply = match code {
+        b"VA" => {
+            let len = words
+                .next()
+                .and_then(decimal)
+                .and_then(|n| usize::try_from(n).ok())
+                .ok_or_else(|| ProtocolError::BadLength(printable(line)))?;
+            let flags = return_flags(&mut words, line)?;
+            let reply_len = line_len
+                .checked_add(len)
+                .and_then(|n| n.checked_add(CRLF.len()))
+                .ok_or_else(|| ProtocolError::BadLength(printable(line)))?;
+            if buf.len() < reply_len {
+                return Ok(MetaParsed::NeedValue {
+                    flags,
+                    line_len,
+                    len,
+                    reply_len,
+                });
+            }
+            if &buf[line_len + len..reply_len] != CRLF {
+                return Err(ProtocolError::BadTrailer);
+            }
+            return complete(
+                buf,
+                reply_len,
+                MetaReply::Value {
+                    flags,
+                    line_len,
+                    len,
+                },
+            );
+        }
+        b"HD" => MetaReply::Header(return_flags(&mut words, line)?),
+        b"EN" => MetaReply::NotFound,
+        b"NS" => MetaReply::NotStored,
+        b"EX" => MetaReply::Exists,
+        b"NF" => MetaReply::NoItem,
+        b"ERROR" | b"CLIENT_ERROR" | b"SERVER_ERROR" => {
+            return Err(ProtocolError::ErrorReply(printable(line)))
+        }
+        _ => return Err(malformed(line)),
+    };
+    if !matches!(reply, MetaReply::Header(_)) && words.any(|w| !w.is_empty()) {
+        return Err(malformed(line));
+    }
+    complete(buf, line_len, reply)
+}
+
+fn complete(buf: &[u8], reply_len: usize, reply: MetaReply) -> Result<MetaParsed, ProtocolError> {
+    if buf.len() > reply_len {
+        return Err(ProtocolError::TrailingData(buf.len() - reply_len));
+    }
+    Ok(MetaParsed::Complete(reply))
+}
+
+/// The return flags after the code (and a `VA`'s length). Flags rcache never asks for
+/// (`k`, `O`, `s`, `h`, `l`, `b`) are accepted and ignored.
+fn return_flags<'a>(
+    words: impl Iterator<Item = &'a [u8]>,
+    line: &[u8],
+) -> Result<MetaFlags, ProtocolError> {
+    let mut flags = MetaFlags::default();
+    for word in words {
+        let Some((&flag, token)) = word.split_first() else {
+            return Err(malformed(line));
+        };
+        match flag {
+            b'W' if token.is_empty() => flags.win = true,
+            b'Z' if token.is_empty() => flags.won_already = true,
+            b'X' if token.is_empty() => flags.stale = true,
+            b'f' => {
+                let value = decimal(token).and_then(|n| u32::try_from(n).ok());
+                flags.client_flags =
+                    Some(value.ok_or_else(|| ProtocolError::BadFlags(printable(line)))?);
+            }
+            b't' => {
+                let ttl = if token == b"-1" {
+                    Some(-1)
+                } else {
+                    decimal(token).and_then(|n| i64::try_from(n).ok())
+                };
+                flags.ttl = Some(ttl.ok_or_else(|| malformed(line))?);
+            }
+            b'c' => flags.cas = Some(decimal(token).ok_or_else(|| malformed(line))?),
+            b'k' | b'O' | b's' | b'h' | b'l' | b'b' => {}
+            _ => return Err(malformed(line)),
+        }
+    }
+    Ok(flags)
+}
+
+fn malformed(line: &[u8]) -> ProtocolError {
+    ProtocolError::Malformed(printable(line))
+}
+
+/// What an `mg` asks for.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Get {
+    /// `N<ttl>`: on a miss, create an empty placeholder for `ttl` seconds and win it.
+    pub vivify: Option<u32>,
+    /// `R<ttl>`: win the right to recache once fewer than `ttl` seconds are left.
+    pub recache: Option<u32>,
+}
+
+/// `mg <key> v f t c [N<ttl>] [R<ttl>]\r\n`: the value with its flags, TTL and CAS.
+pub fn get_command(key: &[u8], get: Get) -> Vec<u8> {
+    let mut out = Vec::with_capacity(key.len() + 32);
+    out.extend_from_slice(b"mg ");
+    out.extend_from_slice(key);
+    out.extend_from_slice(b" v f t c");
+    if let Some(ttl) = get.vivify {
+        out.extend_from_slice(format!(" N{ttl}").as_bytes());
+    }
+    if let Some(ttl) = get.recache {
+        out.extend_from_slice(format!(" R{ttl}").as_bytes());
+    }
+    out.extend_from_slice(CRLF);
+    out
+}
+
+/// `ms <key> <len> F<flags> T<ttl> [C<cas>]\r\n` (the value and CRLF follow): with
+/// `cas`, only over the item that CAS names (`EX` if it changed since, `NF` if it is
+/// gone).
+pub fn set_command(key: &[u8], len: usize, flags: u32, ttl: u32, cas: Option<u64>) -> Vec<u8> {
+    let mut out = Vec::with_capacity(key.len() + 64);
+    out.extend_from_slice(b"ms ");
+    out.extend_from_slice(key);
+    out.extend_from_slice(format!(" {len} F{flags} T{ttl}").as_bytes());
+    if let Some(cas) = cas {
+        out.extend_from_slice(format!(" C{cas}").as_bytes());
+    }
+    out.extend_from_slice(CRLF);
+    out
+}
+
+/// `md <key> I T<ttl>\r\n`: mark the item stale (the next `mg` wins the right to
+/// recache it, the others see `X` and `Z`) and keep it for `ttl` more seconds.
+pub fn invalidate_command(key: &[u8], ttl: u32) -> Vec<u8> {
+    let mut out = Vec::with_capacity(key.len() + 20);
+    out.extend_from_slice(b"md ");
+    out.extend_from_slice(key);
+    out.extend_from_slice(format!(" I T{ttl}").as_bytes());
+    out.extend_from_slice(CRLF);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn complete(buf: &[u8]) -> MetaReply {
+        match parse_meta_reply(buf) {
+            Ok(MetaParsed::Complete(reply)) => reply,
+            other => panic!("{:?}: {other:?}", String::from_utf8_lossy(buf)),
+        }
+    }
+
+    #[test]
+    fn value_replies_with_every_flag_memcached_returns() {
+        let buf = b"VA 5 f16 t-1 c42 W Z X k/page s5\r\nhello\r\n";
+        let reply = complete(buf);
+        let MetaReply::Value { flags, .. } = reply else {
+            panic!("{reply:?}")
+        };
+        assert_eq!(
+            flags,
+            MetaFlags {
+                win: true,
+                won_already: true,
+                stale: true,
+                client_flags: Some(16),
+                ttl: Some(-1),
+                cas: Some(42),
+            }
+        );
+        assert_eq!(&buf[reply.value_range().unwrap()], b"hello");
+    }
+
+    #[test]
+    fn each_flag_on_its_own() {
+        for (text, want) in [
+            (
+                "VA 0 W",
+                MetaFlags {
+                    win: true,
+                    ..Default::default()
+                },
+            ),
+            (
+                "VA 0 Z",
+                MetaFlags {
+                    won_already: true,
+                    ..Default::default()
+                },
+            ),
+            (
+                "VA 0 X",
+                MetaFlags {
+                    stale: true,
+                    ..Default::default()
+                },
+            ),
+            (
+                "VA 0 f4294967295",
+                MetaFlags {
+                    client_flags: Some(u32::MAX),
+                    ..Default::default()
+                },
+            ),
+            (
+                "VA 0 t30",
+                MetaFlags {
+                    ttl: Some(30),
+                    ..Default::default()
+                },
+            ),
+            (
+                "VA 0 c18446744073709551615",
+                MetaFlags {
+                    cas: Some(u64::MAX),
+                    ..Default::default()
+                },
+            ),
+            ("VA 0", MetaFlags::default()),
+        ] {
+            let buf = format!("{text}\r\n\r\n");
+            assert_eq!(
+                complete(buf.as_bytes()),
+                MetaReply::Value {
+                    flags: want,
+                    line_len: text.len() + 2,
+                    len: 0
+                },
+                "{text}"
+            );
+        }
+    }
+
+    #[test]
+    fn line_replies() {
+        assert_eq!(complete(b"EN\r\n"), MetaReply::NotFound);
+        assert_eq!(complete(b"NS\r\n"), MetaReply::NotStored);
+        assert_eq!(complete(b"EX\r\n"), MetaReply::Exists);
+        assert_eq!(complete(b"NF\r\n"), MetaReply::NoItem);
+        assert_eq!(complete(b"HD\r\n"), MetaReply::Header(MetaFlags::default()));
+        assert_eq!(
+            complete(b"HD W c7\r\n"),
+            MetaReply::Header(MetaFlags {
+                win: true,
+                cas: Some(7),
+                ..Default::default()
+            })
+        );
+    }
+
+    #[test]
+    fn every_split_point_waits_then_completes() {
+        let buf = b"VA 11 f0 t300 c9 W\r\nhello world\r\n";
+        for cut in 0..buf.len() {
+            let parsed = parse_meta_reply(&buf[..cut]).unwrap();
+            let line_end = buf.iter().position(|&b| b == b'\n').unwrap() + 1;
+            if cut < line_end {
+                assert_eq!(parsed, MetaParsed::NeedLine, "cut {cut}");
+            } else {
+                assert!(
+                    matches!(parsed, MetaParsed::NeedValue { len: 11, reply_len, .. } if reply_len == buf.len()),
+                    "cut {cut}: {parsed:?}"
+                );
+            }
+        }
+        assert!(matches!(parse_meta_reply(buf), Ok(MetaParsed::Complete(_))));
+        for line in [&b"EN\r\n"[..], b"HD W\r\n"] {
+            for cut in 0..line.len() {
+                assert_eq!(parse_meta_reply(&line[..cut]), Ok(MetaParsed::NeedLine));
+            }
+        }
+    }
+
+    #[test]
+    fn what_is_not_a_reply_is_an_error() {
+        for bad in [
+            &b"VA\r\n"[..],
+            b"VA x\r\n",
+            b"VA 5 f-1\r\nhello\r\n",
+            b"VA 5 f4294967296\r\nhello\r\n",
+            b"VA 5 tX\r\nhello\r\n",
+            b"VA 5 Q\r\nhello\r\n",
+            b"VA 5 W1\r\nhello\r\n",
+            b"VA 5  \r\nhello\r\n",
+            b"EN extra\r\n",
+            b"VALUE /k 0 5\r\n",
+            b"END\r\n",
+            b"HD\n",
+        ] {
+            assert!(
+                parse_meta_reply(bad).is_err(),
+                "{:?} parsed as {:?}",
+                String::from_utf8_lossy(bad),
+                parse_meta_reply(bad)
+            );
+        }
+        assert_eq!(
+            parse_meta_reply(b"VA 2\r\nhiXY"),
+            Err(ProtocolError::BadTrailer)
+        );
+        assert_eq!(
+            parse_meta_reply(b"EN\r\nEN\r\n"),
+            Err(ProtocolError::TrailingData(4))
+        );
+        assert_eq!(
+            parse_meta_reply(b"VA 1\r\nx\r\nEN\r\n"),
+            Err(ProtocolError::TrailingData(4))
+        );
+        assert!(matches!(
+            parse_meta_reply(b"ERROR\r\n"),
+            Err(ProtocolError::ErrorReply(_))
+        ));
+        assert!(matches!(
+            parse_meta_reply(b"CLIENT_ERROR bad command line format\r\n"),
+            Err(ProtocolError::ErrorReply(_))
+        ));
+        assert_eq!(
+            parse_meta_reply(&[b'V'; MAX_LINE]),
+            Err(ProtocolError::LineTooLong)
+        );
+    }
+
+    #[test]
+    fn commands() {
+        assert_eq!(get_command(b"/p", Get::default()), b"mg /p v f t c\r\n");
+        assert_eq!(
+            get_command(
+                b"/p",
+                Get {
+                    vivify: Some(5),
+                    recache: Some(30)
+                }
+            ),
+            b"mg /p v f t c N5 R30\r\n"
+        );
+        assert_eq!(
+            set_command(b"/p", 5, 16, 330, None),
+            b"ms /p 5 F16 T330\r\n"
+        );
+        assert_eq!(
+            set_command(b"/p", 5, 0, 60, Some(9)),
+            b"ms /p 5 F0 T60 C9\r\n"
+        );
+        assert_eq!(invalidate_command(b"/p", 30), b"md /p I T30\r\n");
+    }
+}
