@@ -34,7 +34,7 @@ const fn command(
 }
 
 /// The module's directives.
-pub static mut COMMANDS: [ngx_command_t; 22] = [
+pub static mut COMMANDS: [ngx_command_t; 23] = [
     command(
         ngx_string!("rcache_pass"),
         NGX_HTTP_LOC_CONF | NGX_HTTP_LIF_CONF | NGX_CONF_TAKE1,
@@ -156,9 +156,16 @@ pub static mut COMMANDS: [ngx_command_t; 22] = [
     ),
     command(
         ngx_string!("rcache_purge"),
-        NGX_HTTP_LOC_CONF | NGX_CONF_NOARGS,
+        NGX_HTTP_LOC_CONF | NGX_CONF_NOARGS | NGX_CONF_TAKE1,
         conf::set_purge,
         0,
+        ptr::null_mut(),
+    ),
+    command(
+        ngx_string!("rcache_stale"),
+        ANY | NGX_CONF_TAKE1,
+        ngx_conf_set_sec_slot,
+        offset_of!(LocConf, stale),
         ptr::null_mut(),
     ),
     ngx_command_t {

@@ -77,9 +77,16 @@ pub struct LocConf {
     pub store_bypass: *mut ngx_array_t,
     /// `rcache_store_args`.
     pub store_args: ngx_flag_t,
-    /// `rcache_purge`.
-    pub purge: ngx_flag_t,
+    /// `rcache_purge`: 0 off, [`PURGE_HARD`] or [`PURGE_SOFT`].
+    pub purge: ngx_int_t,
+    /// `rcache_stale`, seconds (0: off).
+    pub stale: time_t,
 }
+
+/// `rcache_purge` / `rcache_purge hard`: delete the key.
+pub const PURGE_HARD: ngx_int_t = 1;
+/// `rcache_purge soft`: mark the page stale; one request regenerates it.
+pub const PURGE_SOFT: ngx_int_t = 2;
 
 impl LocConf {
     /// `rcache_store_statuses` (default 200).
@@ -106,6 +113,16 @@ impl LocConf {
     pub fn fallback(&self) -> Option<&Fallback> {
         // SAFETY: NULL or a Fallback built by set_fallback, in the conf pool.
         unsafe { self.fallback.as_ref() }
+    }
+
+    /// Whether lookups use the meta protocol (`mg`): stale pages need it.
+    pub fn uses_meta(&self) -> bool {
+        self.stale > 0 || self.purge == PURGE_SOFT
+    }
+
+    /// `rcache_stale` in seconds, as memcached takes TTLs.
+    pub fn stale_secs(&self) -> u32 {
+        u32::try_from(self.stale).unwrap_or(0)
     }
 
     /// The `rcache_front` cache, if any.
@@ -232,6 +249,7 @@ pub unsafe extern "C" fn create_loc_conf(cf: *mut ngx_conf_t) -> *mut c_void {
     c.store_bypass = Unset::UNSET;
     c.store_args = UNSET;
     c.purge = UNSET;
+    c.stale = Unset::UNSET;
     conf.cast()
 }
 
@@ -318,8 +336,9 @@ pub unsafe extern "C" fn merge_loc_conf(
     merge(&mut conf.store_ttl, prev.store_ttl, DEFAULT_STORE_TTL);
     merge(&mut conf.store_bypass, prev.store_bypass, ptr::null_mut());
     merge(&mut conf.store_args, prev.store_args, 0);
-    let purge_here = conf.purge == 1;
+    let purge_here = conf.purge != UNSET;
     merge(&mut conf.purge, prev.purge, 0);
+    merge(&mut conf.stale, prev.stale, 0);
 
     // rcache_pass here, and still the location's handler (no later *_pass took over).
     let passes_here = matches!(
@@ -663,18 +682,31 @@ pub unsafe extern "C" fn set_store_statuses(
     NGX_CONF_OK
 }
 
-/// `rcache_purge;`
+/// `rcache_purge [soft | hard];`
 pub unsafe extern "C" fn set_purge(
-    _cf: *mut ngx_conf_t,
+    cf: *mut ngx_conf_t,
     _cmd: *mut ngx_command_t,
     conf: *mut c_void,
 ) -> *mut c_char {
-    // SAFETY: conf is this module's LocConf.
-    let lcf = unsafe { &mut *(conf as *mut LocConf) };
+    // SAFETY: as set_fallback.
+    let (cf, lcf) = unsafe { (&mut *cf, &mut *(conf as *mut LocConf)) };
     if lcf.purge != UNSET {
         return is_duplicate();
     }
-    lcf.purge = 1;
+    lcf.purge = match args(cf).get(1).map(|a| a.as_bytes()) {
+        None | Some(b"hard") => PURGE_HARD,
+        Some(b"soft") => PURGE_SOFT,
+        Some(_) => {
+            let value = args(cf)[1];
+            return conf_error(
+                cf,
+                format_args!(
+                    "invalid value \"{value}\" in the \"rcache_purge\" directive, it must be \
+                     \"soft\" or \"hard\""
+                ),
+            );
+        }
+    };
     NGX_CONF_OK
 }
 

@@ -103,6 +103,7 @@ unsafe fn handle(r: *mut ngx_http_request_t) -> Status {
     let log = log(req);
 
     if lcf.purge != 0 && req.method_name.as_bytes() == b"PURGE" {
+        // rcache_purge soft marks the page stale (`md ... I`) instead of deleting it.
         // SAFETY: forwarded contract.
         return unsafe { purge(r) };
     }
@@ -136,7 +137,7 @@ unsafe fn handle(r: *mut ngx_http_request_t) -> Status {
         if let Some(page) = unsafe { front::lookup(fc.zone, key, req.pool) } {
             debug!(log, "rcache: front cache HIT");
             variables::set_front(req, FrontStatus::Hit);
-            return respond::serve_page(req, Value::whole(page.value), page.flags);
+            return respond::serve_page(req, Value::whole(page.value), page.flags, CacheStatus::Hit);
         }
         variables::set_front(req, FrontStatus::Miss);
     }

@@ -9,20 +9,52 @@ use core::slice;
 use ngx::ffi::*;
 use ngx::http::{HttpModule, Request};
 
+use crate::meta::MetaFlags;
 use crate::protocol::ValueHeader;
 use crate::HttpRcacheModule;
 
+/// What a lookup sends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Command {
+    /// `get <key>`.
+    Get,
+    /// `delete <key>` (`rcache_purge`).
+    Delete,
+    /// `mg <key> v f t c [R<stale>]` (`rcache_stale`, `rcache_purge soft`).
+    MetaGet,
+    /// `md <key> I [T<stale>]` (`rcache_purge soft`).
+    Invalidate,
+}
+
+impl Command {
+    /// A `PURGE` request's command.
+    pub fn is_purge(self) -> bool {
+        matches!(self, Command::Delete | Command::Invalidate)
+    }
+
+    /// The command's name, as sent.
+    pub fn name(self) -> &'static str {
+        match self {
+            Command::Get => "get",
+            Command::Delete => "delete",
+            Command::MetaGet => "mg",
+            Command::Invalidate => "md",
+        }
+    }
+}
+
 /// Per-request state of a lookup (in the request's pool).
 pub struct Lookup {
-    /// `get <key>\r\n` or `delete <key>\r\n`.
+    /// The command line, e.g. `get <key>\r\n`.
     pub request: *mut ngx_chain_t,
     /// The escaped key, inside `request`.
     key: *const u8,
     key_len: usize,
-    /// `delete` (a `PURGE` request) rather than `get`.
-    pub purge: bool,
+    pub command: Command,
     /// Set while the rest of a large value is read into a second buffer.
     pub head: Cell<Option<Head>>,
+    /// The return flags of an `mg` reply whose value is read in two buffers.
+    pub meta_flags: Cell<MetaFlags>,
 }
 
 /// The first read of a value larger than it: where the value's first bytes
@@ -46,13 +78,14 @@ impl Head {
 
 impl Lookup {
     /// A lookup of the key at `key` (inside `request`'s buffer).
-    pub fn new(request: *mut ngx_chain_t, key: &[u8], purge: bool) -> Lookup {
+    pub fn new(request: *mut ngx_chain_t, key: &[u8], command: Command) -> Lookup {
         Lookup {
             request,
             key: key.as_ptr(),
             key_len: key.len(),
-            purge,
+            command,
             head: Cell::new(None),
+            meta_flags: Cell::new(MetaFlags::default()),
         }
     }
 

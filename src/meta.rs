@@ -1,15 +1,14 @@
 //! memcached's meta protocol (`mg`, `ms`, `md`), as far as stale pages and the
 //! regeneration lock will speak it: the commands, and their replies (pure).
 //!
-//! Not wired into the request path yet: the lookup still sends the classic `get`
-//! (`protocol.rs`). This is the parser the stale-pages work builds on, tested on its
-//! own here and, for the server's side of each behaviour it relies on (vivify `N`,
-//! recache `R`, the `W`/`Z`/`X` flags, `ms` with `C`/`I`, `md` with `I`), against
-//! memcached 1.6.18 in `tests/meta_protocol.rs`.
+//! Locations with `rcache_stale` or `rcache_purge soft` look pages up with `mg` (the
+//! others keep the classic `get` of `protocol.rs`). The server's side of each behaviour
+//! this relies on (recache `R`, the `W`/`Z`/`X` flags, `ms` with `C` and mode add, `md`
+//! with `I`; vivify `N` for the lock to come) is checked against memcached 1.6.18 in
+//! `tests/meta_protocol.rs`.
 //!
 //! As with `protocol.rs`, a reply is parsed from everything received so far, and the
 //! buffer must hold exactly one reply.
-#![allow(dead_code)]
 
 use crate::protocol::{parse_decimal as decimal, printable, ProtocolError, CRLF, MAX_LINE};
 
@@ -50,16 +49,6 @@ pub enum MetaReply {
     Exists,
     /// `NF`: `ms`/`md` found no item (CAS or replace mode).
     NoItem,
-}
-
-impl MetaReply {
-    /// Where a `VA` reply's value is, in the buffer it was parsed from.
-    pub fn value_range(&self) -> Option<core::ops::Range<usize>> {
-        match *self {
-            MetaReply::Value { line_len, len, .. } => Some(line_len..line_len + len),
-            _ => None,
-        }
-    }
 }
 
 /// What the bytes received so far amount to.
@@ -193,50 +182,41 @@ fn malformed(line: &[u8]) -> ProtocolError {
 /// What an `mg` asks for.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Get {
-    /// `N<ttl>`: on a miss, create an empty placeholder for `ttl` seconds and win it.
-    pub vivify: Option<u32>,
     /// `R<ttl>`: win the right to recache once fewer than `ttl` seconds are left.
     pub recache: Option<u32>,
 }
 
-/// `mg <key> v f t c [N<ttl>] [R<ttl>]\r\n`: the value with its flags, TTL and CAS.
-pub fn get_command(key: &[u8], get: Get) -> Vec<u8> {
-    let mut out = Vec::with_capacity(key.len() + 32);
-    out.extend_from_slice(b"mg ");
-    out.extend_from_slice(key);
-    out.extend_from_slice(b" v f t c");
-    if let Some(ttl) = get.vivify {
-        out.extend_from_slice(format!(" N{ttl}").as_bytes());
+/// What follows the key in `mg <key> v f t c [R<ttl>]\r\n`: the value with its flags,
+/// TTL and CAS.
+pub fn get_args(get: Get) -> String {
+    match get.recache {
+        Some(ttl) => format!(" v f t c R{ttl}\r\n"),
+        None => " v f t c\r\n".to_string(),
     }
-    if let Some(ttl) = get.recache {
-        out.extend_from_slice(format!(" R{ttl}").as_bytes());
-    }
-    out.extend_from_slice(CRLF);
-    out
 }
 
-/// `ms <key> <len> F<flags> T<ttl> [C<cas>]\r\n` (the value and CRLF follow): with
+/// What follows the key in `md <key> I [T<ttl>]\r\n`: mark the item stale (the next
+/// `mg` wins the right to recache it, the others see `X` and `Z`), keeping it `ttl`
+/// more seconds (or its own TTL).
+pub fn invalidate_args(ttl: Option<u32>) -> String {
+    match ttl {
+        Some(ttl) => format!(" I T{ttl}\r\n"),
+        None => " I\r\n".to_string(),
+    }
+}
+
+/// `ms <key> <len> F<flags> T<ttl> [C<cas> | ME]\r\n` (the value and CRLF follow): with
 /// `cas`, only over the item that CAS names (`EX` if it changed since, `NF` if it is
-/// gone).
-pub fn set_command(key: &[u8], len: usize, flags: u32, ttl: u32, cas: Option<u64>) -> Vec<u8> {
+/// gone); without, only if the key has no item (mode add: `NS` if it has).
+pub fn set_command(key: &[u8], len: usize, flags: u32, ttl: u64, cas: Option<u64>) -> Vec<u8> {
     let mut out = Vec::with_capacity(key.len() + 64);
     out.extend_from_slice(b"ms ");
     out.extend_from_slice(key);
     out.extend_from_slice(format!(" {len} F{flags} T{ttl}").as_bytes());
-    if let Some(cas) = cas {
-        out.extend_from_slice(format!(" C{cas}").as_bytes());
+    match cas {
+        Some(cas) => out.extend_from_slice(format!(" C{cas}").as_bytes()),
+        None => out.extend_from_slice(b" ME"),
     }
-    out.extend_from_slice(CRLF);
-    out
-}
-
-/// `md <key> I T<ttl>\r\n`: mark the item stale (the next `mg` wins the right to
-/// recache it, the others see `X` and `Z`) and keep it for `ttl` more seconds.
-pub fn invalidate_command(key: &[u8], ttl: u32) -> Vec<u8> {
-    let mut out = Vec::with_capacity(key.len() + 20);
-    out.extend_from_slice(b"md ");
-    out.extend_from_slice(key);
-    out.extend_from_slice(format!(" I T{ttl}").as_bytes());
     out.extend_from_slice(CRLF);
     out
 }
@@ -270,7 +250,10 @@ mod tests {
                 cas: Some(42),
             }
         );
-        assert_eq!(&buf[reply.value_range().unwrap()], b"hello");
+        let MetaReply::Value { line_len, len, .. } = reply else {
+            unreachable!()
+        };
+        assert_eq!(&buf[line_len..line_len + len], b"hello");
     }
 
     #[test]
@@ -424,25 +407,11 @@ mod tests {
 
     #[test]
     fn commands() {
-        assert_eq!(get_command(b"/p", Get::default()), b"mg /p v f t c\r\n");
-        assert_eq!(
-            get_command(
-                b"/p",
-                Get {
-                    vivify: Some(5),
-                    recache: Some(30)
-                }
-            ),
-            b"mg /p v f t c N5 R30\r\n"
-        );
-        assert_eq!(
-            set_command(b"/p", 5, 16, 330, None),
-            b"ms /p 5 F16 T330\r\n"
-        );
-        assert_eq!(
-            set_command(b"/p", 5, 0, 60, Some(9)),
-            b"ms /p 5 F0 T60 C9\r\n"
-        );
-        assert_eq!(invalidate_command(b"/p", 30), b"md /p I T30\r\n");
+        assert_eq!(get_args(Get::default()), " v f t c\r\n");
+        assert_eq!(get_args(Get { recache: Some(30) }), " v f t c R30\r\n");
+        assert_eq!(set_command(b"/p", 5, 16, 330, None), b"ms /p 5 F16 T330 ME\r\n");
+        assert_eq!(set_command(b"/p", 5, 0, 60, Some(9)), b"ms /p 5 F0 T60 C9\r\n");
+        assert_eq!(invalidate_args(Some(30)), " I T30\r\n");
+        assert_eq!(invalidate_args(None), " I\r\n");
     }
 }

@@ -12,6 +12,11 @@ use crate::value::Value;
 pub enum Outcome<'a> {
     /// memcached had the page: its bytes and flags.
     Hit(Value<'a>, u32),
+    /// The page is past its freshness (or marked stale) and this request won the
+    /// right to regenerate it; `cas` names the item its new page replaces.
+    Expired { value: Value<'a>, flags: u32, cas: u64 },
+    /// The page is stale and another request is regenerating it: served meanwhile.
+    Updating(Value<'a>, u32),
     /// memcached has no value for the key: a MISS that `rcache_store` may fill.
     Absent,
     /// memcached was asked, but its answer is not served.
@@ -30,6 +35,8 @@ pub enum Verdict {
     Miss,
     /// memcached could not be asked or did not answer properly.
     Error(Failure),
+    /// This request regenerates an expired or soft-purged page.
+    Expired,
 }
 
 impl Verdict {
@@ -37,7 +44,7 @@ impl Verdict {
     /// `memcached_pass`, so that `error_page` can take over.
     pub fn status_without_fallback(self) -> Status {
         match self {
-            Verdict::Bypass | Verdict::Miss => HTTPStatus::NOT_FOUND.into(),
+            Verdict::Bypass | Verdict::Miss | Verdict::Expired => HTTPStatus::NOT_FOUND.into(),
             Verdict::Error(failure) => failure.status(),
         }
     }

@@ -145,14 +145,19 @@ pub fn parse_reply(buf: &[u8], key: &[u8]) -> Result<Parsed, ProtocolError> {
 
 /// Parses the rest of a `VALUE` reply whose first value bytes were set aside
 /// (a value larger than the first read): `rest` is everything received since,
-/// `missing` the number of value bytes still expected before `\r\nEND\r\n`.
+/// `missing` the number of value bytes still expected before `trailer`
+/// (`\r\nEND\r\n` after `get`, `\r\n` after `mg`).
 /// `Ok(true)` once the reply is complete and well formed.
-pub fn parse_value_rest(rest: &[u8], missing: usize) -> Result<bool, ProtocolError> {
-    let expected = missing + TRAILER.len();
+pub fn parse_value_rest(
+    rest: &[u8],
+    missing: usize,
+    trailer: &[u8],
+) -> Result<bool, ProtocolError> {
+    let expected = missing + trailer.len();
     match rest.len() {
         n if n < expected => Ok(false),
         n if n > expected => Err(ProtocolError::TrailingData(n - expected)),
-        _ if &rest[missing..] != TRAILER => Err(ProtocolError::BadTrailer),
+        _ if &rest[missing..] != trailer => Err(ProtocolError::BadTrailer),
         _ => Ok(true),
     }
 }
@@ -383,30 +388,30 @@ mod tests {
         let rest = &reply[1000..];
         for cut in 0..rest.len() {
             assert_eq!(
-                parse_value_rest(&rest[..cut], missing),
+                parse_value_rest(&rest[..cut], missing, TRAILER),
                 Ok(false),
                 "cut {cut}"
             );
         }
-        assert_eq!(parse_value_rest(rest, missing), Ok(true));
+        assert_eq!(parse_value_rest(rest, missing, TRAILER), Ok(true));
         assert_eq!(&rest[..missing], &value[value.len() - missing..]);
 
         let mut extra = rest.to_vec();
         extra.extend_from_slice(b"END\r\n");
         assert_eq!(
-            parse_value_rest(&extra, missing),
+            parse_value_rest(&extra, missing, TRAILER),
             Err(ProtocolError::TrailingData(5))
         );
         let mut bad = rest.to_vec();
         let n = bad.len();
         bad[n - 3] = b'X';
         assert_eq!(
-            parse_value_rest(&bad, missing),
+            parse_value_rest(&bad, missing, TRAILER),
             Err(ProtocolError::BadTrailer)
         );
         // Nothing set aside: the whole value is in the rest.
-        assert_eq!(parse_value_rest(b"abc\r\nEND\r\n", 3), Ok(true));
-        assert_eq!(parse_value_rest(b"\r\nEND\r\n", 0), Ok(true));
+        assert_eq!(parse_value_rest(b"abc\r\nEND\r\n", 3, TRAILER), Ok(true));
+        assert_eq!(parse_value_rest(b"\r\nEND\r\n", 0, TRAILER), Ok(true));
     }
 
     #[test]

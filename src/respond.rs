@@ -44,11 +44,22 @@ pub unsafe fn answer(r: *mut ngx_http_request_t, outcome: Outcome) -> Status {
                 // SAFETY: a front zone of this configuration.
                 unsafe { front::keep(fc.zone, key, value, flags, fc.ttl, fc.max_item) };
             }
-            serve_page(r, value, flags)
+            serve_page(r, value, flags, CacheStatus::Hit)
+        }
+        Outcome::Updating(value, flags) => serve_page(r, value, flags, CacheStatus::Updating),
+        Outcome::Expired { value, flags, cas } => {
+            if loc_conf(r).and_then(LocConf::fallback).is_none() {
+                // Nothing can regenerate the page: serve it as long as memcached has it.
+                return serve_page(r, value, flags, CacheStatus::Stale);
+            }
+            if let Some(key) = key {
+                store::capture::prepare(r, key, Some(cas));
+            }
+            fall_back(r, Verdict::Expired)
         }
         Outcome::Absent => {
             if let Some(key) = key {
-                store::capture::prepare(r, key);
+                store::capture::prepare(r, key, None);
             }
             fall_back(r, Verdict::Miss)
         }
@@ -57,10 +68,16 @@ pub unsafe fn answer(r: *mut ngx_http_request_t, outcome: Outcome) -> Status {
     }
 }
 
-/// Sends `value` as the page (HIT). Returns the rc to finalize `r` with.
+/// Sends `value` as the page (a HIT, or a stale page: UPDATING, STALE). Returns the rc
+/// to finalize `r` with.
 ///
 /// `value` must stay valid until the request ends (it lives in `r->pool`).
-pub fn serve_page(r: &mut ngx_http_request_t, value: Value, flags: u32) -> Status {
+pub fn serve_page(
+    r: &mut ngx_http_request_t,
+    value: Value,
+    flags: u32,
+    cache_status: CacheStatus,
+) -> Status {
     let Some(lcf) = loc_conf(r) else {
         return Status::NGX_ERROR;
     };
@@ -136,10 +153,11 @@ pub fn serve_page(r: &mut ngx_http_request_t, value: Value, flags: u32) -> Statu
         body = Value::whole(whole);
     }
 
-    variables::set_status(r, CacheStatus::Hit);
+    variables::set_status(r, cache_status);
     debug!(
         log(r),
-        "rcache: HIT: {} bytes, status {}",
+        "rcache: {}: {} bytes, status {}",
+        cache_status,
         body.len(),
         status
     );
@@ -228,6 +246,7 @@ fn cache_status(verdict: Verdict) -> CacheStatus {
         Verdict::Bypass => CacheStatus::Bypass,
         Verdict::Miss => CacheStatus::Miss,
         Verdict::Error(_) => CacheStatus::Error,
+        Verdict::Expired => CacheStatus::Expired,
     }
 }
 

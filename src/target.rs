@@ -6,6 +6,7 @@
 //! [`Target`] per such upstream: its idle connections (`pool.rs`) and the
 //! balancer's own per-request init, which `peer.rs` wraps.
 
+use core::cell::Cell;
 use core::ptr;
 
 use ngx::ffi::*;
@@ -19,6 +20,10 @@ pub struct Target {
     pub balancer_init_peer: ngx_http_upstream_init_peer_pt,
     /// Idle connections of this worker, per server.
     pub idle: IdlePool,
+    /// This worker saw the upstream answer `ERROR` to a meta command: it does not
+    /// speak the meta protocol (older memcached, some proxies), so lookups use the
+    /// classic commands until the next reload.
+    pub classic_only: Cell<bool>,
 }
 
 /// Every upstream of the configuration that `rcache_pass` uses.
@@ -80,6 +85,7 @@ impl Targets {
                     uscf,
                     balancer_init_peer: None,
                     idle: IdlePool::new(),
+                    classic_only: Cell::new(false),
                 },
             );
             let slot = ngx_array_push(self.list) as *mut *mut Target;

@@ -25,29 +25,49 @@ use ngx::http::{HTTPStatus, HttpModuleLocationConf};
 use ngx::{ngx_log_error, ngx_string};
 
 use crate::key;
-use crate::lookup::{Head, Lookup};
+use crate::conf::PURGE_SOFT;
+use crate::lookup::{Command, Head, Lookup};
+use crate::meta::{self, MetaFlags, MetaParsed, MetaReply};
 use crate::outcome::{Failure, Outcome, Verdict};
 use crate::protocol::{self, LineReply, Parsed, ProtocolError, ValueHeader};
 use crate::respond;
+use crate::store;
 use crate::value::{self, Value};
 use crate::HttpRcacheModule;
 
 /// Prepares the lookup of `raw_key` (unescaped; `escaped_len` bytes once
-/// escaped, at most 250): builds `get <key>\r\n` (`delete <key>\r\n` to purge)
-/// and makes it the request's [`Lookup`]. Returns the escaped key.
+/// escaped, at most 250): builds the command — `get <key>`, or `mg <key> ...` where
+/// stale pages are on; `delete <key>` to purge, `md <key> I ...` to purge softly — and
+/// makes it the request's [`Lookup`]. Returns the escaped key.
 pub fn prepare<'a>(
     r: &mut ngx_http_request_t,
     raw_key: &[u8],
     escaped_len: usize,
     purge: bool,
 ) -> Option<&'a [u8]> {
-    let pool = r.pool;
-    let command = if purge {
-        protocol::DELETE
+    let lcf = HttpRcacheModule::location_conf(r)?;
+    // SAFETY: the location's target lives as long as the configuration.
+    let classic_only = unsafe { lcf.target.as_ref() }.is_some_and(|t| t.classic_only.get());
+    let stale = (lcf.stale_secs() > 0).then_some(lcf.stale_secs());
+    let (command, prefix, suffix) = if purge {
+        if lcf.purge == PURGE_SOFT && !classic_only {
+            (Command::Invalidate, &b"md "[..], meta::invalidate_args(stale).into_bytes())
+        } else {
+            (Command::Delete, protocol::DELETE, protocol::CRLF.to_vec())
+        }
+    } else if lcf.uses_meta() && !classic_only {
+        // Only a request whose response can become the new page takes the win: a HEAD,
+        // or a query string rcache_store would not store, would use it up for nothing.
+        let may_regenerate = lcf.store != 1 || store::capture::refusal(r, lcf).is_none();
+        let get = meta::Get {
+            recache: stale.filter(|_| may_regenerate),
+        };
+        (Command::MetaGet, &b"mg "[..], meta::get_args(get).into_bytes())
     } else {
-        protocol::GET
+        (Command::Get, protocol::GET, protocol::CRLF.to_vec())
     };
-    let len = command.len() + escaped_len + protocol::CRLF.len();
+    let pool = r.pool;
+    let len = prefix.len() + escaped_len + suffix.len();
     // SAFETY: allocations from the request's pool.
     let (b, cl, lookup) = unsafe {
         (
@@ -63,15 +83,15 @@ pub fn prepare<'a>(
     // lookup fresh memory for a Lookup; all live as long as the request.
     unsafe {
         let out = slice::from_raw_parts_mut((*b).start, len);
-        let (cmd, rest) = out.split_at_mut(command.len());
-        cmd.copy_from_slice(command);
-        let (key, crlf) = rest.split_at_mut(escaped_len);
+        let (cmd, rest) = out.split_at_mut(prefix.len());
+        cmd.copy_from_slice(prefix);
+        let (key, tail) = rest.split_at_mut(escaped_len);
         key::write_escaped(raw_key, key);
-        crlf.copy_from_slice(protocol::CRLF);
+        tail.copy_from_slice(&suffix);
         (*b).last = (*b).start.add(len);
         (*cl).buf = b;
         (*cl).next = ptr::null_mut();
-        ptr::write(lookup, Lookup::new(cl, key, purge));
+        ptr::write(lookup, Lookup::new(cl, key, command));
     }
     Lookup::set(r, lookup);
     Lookup::of(r).map(|l| l.key())
@@ -133,7 +153,7 @@ unsafe extern "C" fn create_request(r: *mut ngx_http_request_t) -> ngx_int_t {
     debug!(
         log(r),
         "rcache: {} \"{}\"",
-        if lookup.purge { "delete" } else { "get" },
+        lookup.command.name(),
         String::from_utf8_lossy(lookup.key())
     );
     // SAFETY: as above.
@@ -173,10 +193,11 @@ unsafe extern "C" fn process_header(r: *mut ngx_http_request_t) -> ngx_int_t {
     let Some(lookup) = Lookup::of(req) else {
         return Status::NGX_ERROR.into();
     };
-    let outcome = if lookup.purge {
-        purge_reply(req, u, lookup)
-    } else {
-        get_reply(req, u, lookup)
+    let outcome = match lookup.command {
+        Command::Get => get_reply(req, u, lookup),
+        Command::Delete => purge_reply(req, u, lookup),
+        Command::MetaGet => meta_get_reply(req, u, lookup),
+        Command::Invalidate => invalidate_reply(req, u, lookup),
     };
     match outcome {
         None => Status::NGX_AGAIN.into(),
@@ -195,7 +216,7 @@ fn get_reply<'a>(
     let received = received_bytes(u);
     if let Some(head) = lookup.head.get() {
         let missing = head.header.len - head.len;
-        return match protocol::parse_value_rest(received, missing) {
+        return match protocol::parse_value_rest(received, missing, protocol::TRAILER) {
             Ok(false) => None,
             Ok(true) => {
                 u.set_keepalive(1);
@@ -215,7 +236,7 @@ fn get_reply<'a>(
                 // The value is not read: the connection is not reusable.
                 return Some(Outcome::NotServed(verdict));
             }
-            if !make_room(r.pool, &mut u.buffer, lookup, header, reply_len) {
+            if !make_room(r.pool, &mut u.buffer, lookup, header, reply_len, protocol::TRAILER.len()) {
                 return Some(Outcome::NotServed(Verdict::Error(Failure::Error)));
             }
             debug!(
@@ -295,6 +316,181 @@ fn purge_reply<'a>(
     Some(Outcome::Purged(Err(Failure::Protocol)))
 }
 
+/// The reply to an `mg`: its outcome once it is complete (or broken), None while
+/// more is to come. The return flags say whether the page is fresh (HIT), whether this
+/// request won the right to regenerate it (`W`: EXPIRED), or another request is at it
+/// (`Z`, `X`: UPDATING, the page served meanwhile).
+fn meta_get_reply<'a>(
+    r: &ngx_http_request_t,
+    u: &mut ngx_http_upstream_t,
+    lookup: &Lookup,
+) -> Option<Outcome<'a>> {
+    let received = received_bytes(u);
+    if let Some(head) = lookup.head.get() {
+        let missing = head.header.len - head.len;
+        return match protocol::parse_value_rest(received, missing, protocol::CRLF) {
+            Ok(false) => None,
+            Ok(true) => {
+                u.set_keepalive(1);
+                let value = Value::split(head.value(), &received[..missing]);
+                Some(meta_outcome(r, value, lookup.meta_flags.get()))
+            }
+            Err(err) => Some(invalid_reply(r, u, lookup, err)),
+        };
+    }
+
+    match meta::parse_meta_reply(received) {
+        Ok(MetaParsed::NeedLine) => None,
+
+        Ok(MetaParsed::NeedValue {
+            flags,
+            line_len,
+            len,
+            reply_len,
+        }) => {
+            record_status(u, NGX_HTTP_OK);
+            let header = value_header(flags, line_len, len);
+            if let Err(verdict) = servable(r, &header, lookup.key()) {
+                return Some(Outcome::NotServed(verdict));
+            }
+            lookup.meta_flags.set(flags);
+            if !make_room(r.pool, &mut u.buffer, lookup, header, reply_len, protocol::CRLF.len()) {
+                return Some(Outcome::NotServed(Verdict::Error(Failure::Error)));
+            }
+            None
+        }
+
+        Ok(MetaParsed::Complete(MetaReply::NotFound)) => {
+            debug!(log(r), "rcache: memcached has no value for the key");
+            record_status(u, NGX_HTTP_NOT_FOUND);
+            u.set_keepalive(1);
+            Some(Outcome::Absent)
+        }
+
+        Ok(MetaParsed::Complete(MetaReply::Value {
+            flags,
+            line_len,
+            len,
+        })) => {
+            record_status(u, NGX_HTTP_OK);
+            u.set_keepalive(1);
+            let header = value_header(flags, line_len, len);
+            Some(match servable(r, &header, lookup.key()) {
+                Err(verdict) => Outcome::NotServed(verdict),
+                Ok(()) => meta_outcome(r, Value::whole(&received[header.value_range()]), flags),
+            })
+        }
+
+        Ok(MetaParsed::Complete(other)) => Some(invalid_reply(
+            r,
+            u,
+            lookup,
+            ProtocolError::Malformed(format!("{other:?} to mg")),
+        )),
+
+        Err(ProtocolError::ErrorReply(line)) => Some(no_meta_protocol(r, u, lookup, &line)),
+
+        Err(err) => Some(invalid_reply(r, u, lookup, err)),
+    }
+}
+
+/// The `VALUE`-style header of an `mg` reply, for the size and flag checks.
+fn value_header(flags: MetaFlags, line_len: usize, len: usize) -> ValueHeader {
+    ValueHeader {
+        flags: flags.client_flags.unwrap_or(0),
+        len,
+        line_len,
+    }
+}
+
+/// What an `mg` reply's flags make of its value.
+fn meta_outcome<'a>(r: &ngx_http_request_t, value: Value<'a>, flags: MetaFlags) -> Outcome<'a> {
+    let client_flags = flags.client_flags.unwrap_or(0);
+    debug!(
+        log(r),
+        "rcache: mg: {} bytes, ttl {:?}{}{}{}",
+        value.len(),
+        flags.ttl,
+        if flags.win { ", won the regeneration" } else { "" },
+        if flags.won_already { ", being regenerated" } else { "" },
+        if flags.stale { ", stale" } else { "" }
+    );
+    if flags.win {
+        Outcome::Expired {
+            value,
+            flags: client_flags,
+            cas: flags.cas.unwrap_or(0),
+        }
+    } else if flags.won_already || flags.stale {
+        Outcome::Updating(value, client_flags)
+    } else {
+        Outcome::Hit(value, client_flags)
+    }
+}
+
+/// The reply to a soft purge's `md ... I`.
+fn invalidate_reply<'a>(
+    r: &ngx_http_request_t,
+    u: &mut ngx_http_upstream_t,
+    lookup: &Lookup,
+) -> Option<Outcome<'a>> {
+    let problem = match meta::parse_meta_reply(received_bytes(u)) {
+        Ok(MetaParsed::NeedLine | MetaParsed::NeedValue { .. }) => return None,
+        Ok(MetaParsed::Complete(reply @ (MetaReply::Header(_) | MetaReply::NoItem))) => {
+            u.set_keepalive(1);
+            let marked = matches!(reply, MetaReply::Header(_));
+            record_status(u, if marked { NGX_HTTP_OK } else { NGX_HTTP_NOT_FOUND });
+            return Some(Outcome::Purged(Ok(marked)));
+        }
+        Err(ProtocolError::ErrorReply(line)) => {
+            no_meta_protocol(r, u, lookup, &line);
+            return Some(Outcome::Purged(Err(Failure::Protocol)));
+        }
+        Ok(MetaParsed::Complete(other)) => format!("memcached answered {other:?} to md"),
+        Err(err) => format!("{err}"),
+    };
+    record_status(u, NGX_HTTP_BAD_GATEWAY);
+    ngx_log_error!(
+        NGX_LOG_ERR,
+        log(r),
+        "rcache: {} while marking key \"{}\" stale",
+        problem,
+        String::from_utf8_lossy(lookup.key())
+    );
+    Some(Outcome::Purged(Err(Failure::Protocol)))
+}
+
+/// memcached answered `ERROR` (or `CLIENT_ERROR`) to a meta command: it does not speak
+/// the meta protocol. Said once per worker; from now on this upstream gets the classic
+/// commands (no stale pages). This request is an ERROR.
+fn no_meta_protocol<'a>(
+    r: &ngx_http_request_t,
+    u: &mut ngx_http_upstream_t,
+    lookup: &Lookup,
+    line: &str,
+) -> Outcome<'a> {
+    record_status(u, NGX_HTTP_BAD_GATEWAY);
+    // An error line leaves the connection in step with its commands.
+    u.set_keepalive(1);
+    if let Some(target) = HttpRcacheModule::location_conf(r).and_then(|lcf| {
+        // SAFETY: the location's target lives as long as the configuration.
+        unsafe { lcf.target.as_ref() }
+    }) {
+        if !target.classic_only.replace(true) {
+            ngx_log_error!(
+                NGX_LOG_ERR,
+                log(r),
+                "rcache: memcached answered \"{}\" to the meta command for key \"{}\": it \
+                 does not speak the meta protocol (memcached 1.6 does); this worker uses \
+                 get and delete for it from now on, without stale pages",
+                line,
+                String::from_utf8_lossy(lookup.key())
+            );
+        }
+    }
+    Outcome::NotServed(Verdict::Error(Failure::Protocol))
+}
+
 /// What has been received into the reply buffer (that is not consumed yet).
 fn received_bytes<'a>(u: &ngx_http_upstream_t) -> &'a [u8] {
     let b = &u.buffer;
@@ -337,8 +533,9 @@ fn servable(r: &ngx_http_request_t, header: &ValueHeader, key: &[u8]) -> Result<
     Err(Verdict::Miss)
 }
 
-/// Makes room for the rest of a value reply of `reply_len` bytes, plus one
-/// byte so that anything sent after END shows up as trailing data.
+/// Makes room for the rest of a value reply of `reply_len` bytes (the value is
+/// followed by `trailer_len` bytes: `\r\nEND\r\n` after `get`, `\r\n` after `mg`),
+/// plus one byte so that anything sent after the reply shows up as trailing data.
 ///
 /// When the first read buffer `b` is too small, the value bytes it holds stay
 /// there (the lookup's [`Head`]) and a second buffer from `pool` takes the
@@ -351,6 +548,7 @@ fn make_room(
     lookup: &Lookup,
     header: ValueHeader,
     reply_len: usize,
+    trailer_len: usize,
 ) -> bool {
     // SAFETY: start..end, pos..last of the upstream's read buffer.
     let (capacity, received) = unsafe {
@@ -368,7 +566,7 @@ fn make_room(
         // Part of the trailer came with the first read: one buffer for all.
         reply_len + 1
     } else {
-        header.len - value_received + protocol::TRAILER.len() + 1
+        header.len - value_received + trailer_len + 1
     };
     // SAFETY: a buffer from the request's pool.
     let start = unsafe { ngx_palloc(pool, size) as *mut u8 };
@@ -413,7 +611,7 @@ pub unsafe fn give_up(r: *mut ngx_http_request_t, failure: Failure) {
     unsafe {
         debug!(log(&*r), "rcache: giving up on memcached: {:?}", failure);
         let outcome = match Lookup::of(&*r) {
-            Some(l) if l.purge => Outcome::Purged(Err(failure)),
+            Some(l) if l.command.is_purge() => Outcome::Purged(Err(failure)),
             _ => Outcome::NotServed(Verdict::Error(failure)),
         };
         finish(r, outcome);

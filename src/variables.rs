@@ -27,6 +27,12 @@ pub enum CacheStatus {
     Error,
     /// A `PURGE` request (`rcache_purge`).
     Purge,
+    /// A stale page served while another request regenerates it.
+    Updating,
+    /// This request regenerates an expired or soft-purged page (it went to the fallback).
+    Expired,
+    /// A stale page served because nothing can regenerate it (no `rcache_fallback`).
+    Stale,
 }
 
 impl core::fmt::Display for CacheStatus {
@@ -43,6 +49,9 @@ impl CacheStatus {
             CacheStatus::Bypass => b"BYPASS",
             CacheStatus::Error => b"ERROR",
             CacheStatus::Purge => b"PURGE",
+            CacheStatus::Updating => b"UPDATING",
+            CacheStatus::Expired => b"EXPIRED",
+            CacheStatus::Stale => b"STALE",
         }
     }
 }
@@ -161,14 +170,17 @@ pub fn set_store(r: &mut ngx_http_request_t, status: StoreStatus) {
     }
 }
 
-/// Whether rcache recorded a MISS for `r` (a cheap test for the store filters).
-pub fn status_is_miss(r: &ngx_http_request_t) -> bool {
+/// Whether rcache recorded a MISS or an EXPIRED for `r`: the requests whose response
+/// may be stored (a cheap test for the store filters).
+pub fn status_may_store(r: &ngx_http_request_t) -> bool {
     let Some(index) = indexes_of(r).and_then(|ix| usize::try_from(ix.status).ok()) else {
         return false;
     };
     // SAFETY: r->variables has one slot per declared variable.
     let v = unsafe { &*r.variables.add(index) };
-    v.valid() != 0 && ptr::eq(v.data, CacheStatus::Miss.as_bytes().as_ptr())
+    v.valid() != 0
+        && (ptr::eq(v.data, CacheStatus::Miss.as_bytes().as_ptr())
+            || ptr::eq(v.data, CacheStatus::Expired.as_bytes().as_ptr()))
 }
 
 /// Writes `bytes` as the value of variable `index` of `r`.

@@ -51,29 +51,18 @@ impl StoreState {
     }
 }
 
-/// At a MISS: starts capturing if `rcache_store` is on and the request may be stored.
-/// Called in the rcache location, before the redirect to the fallback; `key` lives in
-/// `r`'s pool.
-pub fn prepare(r: &mut ngx_http_request_t, key: &[u8]) {
+/// At a MISS (`replaces` None) or when this request regenerates an expired page
+/// (`replaces`: the CAS of the item its page replaces): starts capturing if
+/// `rcache_store` is on and the request may be stored. Called in the rcache location,
+/// before the redirect to the fallback; `key` lives in `r`'s pool.
+pub fn prepare(r: &mut ngx_http_request_t, key: &[u8], replaces: Option<u64>) {
     let Some(lcf) = HttpRcacheModule::location_conf(r) else {
         return;
     };
     if lcf.store != 1 || !ptr::eq(r, r.main) {
         return;
     }
-    let refused = if r.method != NGX_HTTP_GET as ngx_uint_t {
-        Some(Reason::Method)
-    } else if lcf.store_args == 0 && r.args.len > 0 {
-        Some(Reason::QueryString)
-    } else if !lcf.store_bypass.is_null()
-        // SAFETY: predicates compiled by ngx_http_set_predicate_slot, on a live request.
-        && unsafe { ngx_http_test_predicates(r, lcf.store_bypass) } != Status::NGX_OK.0
-    {
-        Some(Reason::Bypass)
-    } else {
-        None
-    };
-    if let Some(reason) = refused {
+    if let Some(reason) = refusal(r, lcf) {
         // SAFETY: a live request has a live connection.
         debug!(
             unsafe { (*r.connection).log },
@@ -102,10 +91,30 @@ pub fn prepare(r: &mut ngx_http_request_t, key: &[u8]) {
                 key: key.as_ptr(),
                 key_len: key.len(),
                 phase: Phase::Headers,
-                page: Captured::default(),
+                page: Captured {
+                    replaces,
+                    ..Captured::default()
+                },
             },
         );
         (*cln).handler = Some(drop_state);
+    }
+}
+
+/// Why the response to `r` may not be stored whatever it is (method, query string,
+/// `rcache_store_bypass`); None when it may.
+pub fn refusal(r: &mut ngx_http_request_t, lcf: &LocConf) -> Option<Reason> {
+    if r.method != NGX_HTTP_GET as ngx_uint_t {
+        Some(Reason::Method)
+    } else if lcf.store_args == 0 && r.args.len > 0 {
+        Some(Reason::QueryString)
+    } else if !lcf.store_bypass.is_null()
+        // SAFETY: predicates compiled by ngx_http_set_predicate_slot, on a live request.
+        && unsafe { ngx_http_test_predicates(r, lcf.store_bypass) } != Status::NGX_OK.0
+    {
+        Some(Reason::Bypass)
+    } else {
+        None
     }
 }
 
@@ -123,7 +132,7 @@ unsafe fn find<'a>(r: *mut ngx_http_request_t) -> Option<&'a mut StoreState> {
     // SAFETY: the pool's cleanup list holds our state under drop_state.
     unsafe {
         // Cheap tests first: every response of every request passes here.
-        if !ptr::eq(r, (*r).main) || !variables::status_is_miss(&*r) {
+        if !ptr::eq(r, (*r).main) || !variables::status_may_store(&*r) {
             return None;
         }
         let mut cln = (*(*r).pool).cleanup;

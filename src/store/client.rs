@@ -25,6 +25,7 @@ use ngx::ngx_log_error;
 use super::page::{self, STORED_FLAG};
 use super::policy;
 use crate::conf::LocConf;
+use crate::meta::{self, MetaParsed, MetaReply};
 use crate::pool::{self, addr_bytes};
 use crate::protocol::{self, LineReply};
 use crate::target::Target;
@@ -35,9 +36,14 @@ use crate::variables::{self, StoreStatus};
 #[derive(Default)]
 pub struct Captured {
     pub status: u16,
+    /// Freshness, seconds (memcached keeps the page `rcache_stale` longer).
     pub ttl: u32,
     pub headers: Vec<(&'static str, Vec<u8>)>,
     pub body: Vec<u8>,
+    /// The CAS of the stale item this page replaces (a regeneration): written with
+    /// `ms ... C<cas>`, so a page the app wrote meanwhile is kept. None: a MISS's page,
+    /// written only if the key has none.
+    pub replaces: Option<u64>,
 }
 
 /// One write in flight.
@@ -155,8 +161,10 @@ pub unsafe fn write(r: *mut ngx_http_request_t, lcf: &LocConf, key: &[u8], page:
     unsafe { connect(job) };
 }
 
-/// `add <key> <flags> <exptime> <bytes>\r\n<stored page>\r\n`; None when the
-/// stored page would be over `rcache_max_size`.
+/// `add <key> <flags> <exptime> <bytes>\r\n<stored page>\r\n` (where stale pages are
+/// on: `ms <key> <bytes> F<flags> T<exptime> C<cas>|ME`), the exptime being the page's
+/// freshness plus `rcache_stale`; None when the stored page would be over
+/// `rcache_max_size`.
 fn add_command(lcf: &LocConf, key: &[u8], page: &Captured) -> Option<Vec<u8>> {
     let headers: Vec<(&[u8], &[u8])> = page
         .headers
@@ -167,8 +175,14 @@ fn add_command(lcf: &LocConf, key: &[u8], page: &Captured) -> Option<Vec<u8>> {
     if value_len > lcf.max_size {
         return None;
     }
-    let exptime = policy::exptime(page.ttl, ngx_time());
-    let mut command = protocol::add_command(key, STORED_FLAG, exptime, value_len);
+    let exptime = policy::exptime(page.ttl.saturating_add(lcf.stale_secs()), ngx_time());
+    // SAFETY: the location's target lives as long as the configuration.
+    let classic_only = unsafe { lcf.target.as_ref() }.is_some_and(|t| t.classic_only.get());
+    let mut command = if lcf.uses_meta() && !classic_only {
+        meta::set_command(key, value_len, STORED_FLAG, exptime, page.replaces)
+    } else {
+        protocol::add_command(key, STORED_FLAG, exptime, value_len)
+    };
     command.reserve_exact(value_len + 2);
     page::encode(page.status, &headers, &page.body, &mut command);
     command.extend_from_slice(protocol::CRLF);
@@ -346,17 +360,45 @@ unsafe extern "C" fn on_read(ev: *mut ngx_event_t) {
             return finish(job, WriteResult::Failed("connection closed".into()));
         }
         j.reply.extend_from_slice(&buf[..n as usize]);
-        let result = match protocol::parse_line_reply(&j.reply) {
-            Ok(None) => continue,
-            Ok(Some(LineReply::Stored)) => WriteResult::Stored,
-            // `add` found a value: the app wrote the page meanwhile.
-            Ok(Some(LineReply::NotStored)) => WriteResult::Present,
-            Ok(Some(_)) => WriteResult::Failed("memcached answered something else".into()),
-            Err(err) if err.to_string().contains("too large") => WriteResult::TooLarge,
-            Err(err) => WriteResult::Failed(err.to_string()),
+        let result = if j.command.starts_with(b"ms ") {
+            meta_set_result(&j.reply)
+        } else {
+            add_result(&j.reply)
         };
-        return finish(job, result);
+        match result {
+            Some(result) => return finish(job, result),
+            None => continue,
+        }
     }
+}
+
+/// How the reply to `add` ends the write; None until it is complete.
+fn add_result(reply: &[u8]) -> Option<WriteResult> {
+    Some(match protocol::parse_line_reply(reply) {
+        Ok(None) => return None,
+        Ok(Some(LineReply::Stored)) => WriteResult::Stored,
+        // `add` found a value: the app wrote the page meanwhile.
+        Ok(Some(LineReply::NotStored)) => WriteResult::Present,
+        Ok(Some(_)) => WriteResult::Failed("memcached answered something else".into()),
+        Err(err) if err.to_string().contains("too large") => WriteResult::TooLarge,
+        Err(err) => WriteResult::Failed(err.to_string()),
+    })
+}
+
+/// How the reply to `ms` ends the write; None until it is complete.
+fn meta_set_result(reply: &[u8]) -> Option<WriteResult> {
+    Some(match meta::parse_meta_reply(reply) {
+        Ok(MetaParsed::NeedLine | MetaParsed::NeedValue { .. }) => return None,
+        Ok(MetaParsed::Complete(MetaReply::Header(_))) => WriteResult::Stored,
+        // Mode add found a value (the app wrote the page), or the CAS no longer matches
+        // (the app wrote it during the regeneration), or the item is gone (purged).
+        Ok(MetaParsed::Complete(MetaReply::NotStored | MetaReply::Exists | MetaReply::NoItem)) => {
+            WriteResult::Present
+        }
+        Ok(MetaParsed::Complete(other)) => WriteResult::Failed(format!("memcached answered {other:?}")),
+        Err(err) if err.to_string().contains("too large") => WriteResult::TooLarge,
+        Err(err) => WriteResult::Failed(err.to_string()),
+    })
 }
 
 /// How a write ended.

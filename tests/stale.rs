@@ -1,0 +1,331 @@
+//! Stale pages and one regenerator (`rcache_stale`, `rcache_purge soft`) against a real
+//! nginx, a real memcached and a slow app: when a hot page expires or is soft-purged,
+//! exactly one request goes to the app (`EXPIRED`) while the others are served the page
+//! they would have had (`UPDATING`) — across concurrent clients and across two nginx
+//! servers sharing the memcached, because the win is memcached's (`mg ... R<stale>`,
+//! `md ... I`), not a per-host lock.
+//!
+//! Also: a page the app writes itself with a TTL enters the window in its last
+//! `rcache_stale`; the regenerated page never overwrites one the app wrote meanwhile
+//! (CAS); without `rcache_fallback` an expired page is served as `STALE`; a server that
+//! answers `ERROR` to `mg` still yields pages (classic `get`, one log line); bad values
+//! fail `nginx -t` naming the directive.
+
+mod common;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Barrier};
+use std::thread;
+use std::time::Duration;
+
+use common::*;
+
+/// How long the app takes to render a page: long enough that every concurrent request
+/// arrives while the first one is still at the app.
+const RENDER: Duration = Duration::from_millis(300);
+
+/// An app that counts its renders and answers `render <n>` with `Cache-Control:
+/// max-age=<max_age>` after [`RENDER`].
+fn slow_app(max_age: u32) -> (App, Arc<AtomicUsize>) {
+    let renders = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&renders);
+    let app = App::start_with(move |_| {
+        let n = counter.fetch_add(1, Ordering::SeqCst) + 1;
+        thread::sleep(RENDER);
+        AppResponse::new(200, format!("render {n}"))
+            .header("Cache-Control", &format!("max-age={max_age}"))
+    });
+    (app, renders)
+}
+
+/// nginx with the stale-pages location: store on, `rcache_stale 30s`, soft purge, MISS
+/// and EXPIRED to `@app`. `extra` goes into the location.
+fn site(mc: &Memcached, app: &App, extra: &str) -> Nginx {
+    Nginx::builder()
+        .var("mc", mc.port())
+        .var("app", app.port())
+        .http(
+            &"server {
+                 listen 127.0.0.1:{port};
+                 location / {
+                     rcache_pass 127.0.0.1:{mc};
+                     rcache_fallback @app;
+                     rcache_store on;
+                     rcache_stale 30s;
+                     rcache_purge soft;
+                     {extra}
+                 }
+                 location @app {
+                     proxy_pass http://127.0.0.1:{app};
+                 }
+             }"
+            .replace("{extra}", extra),
+        )
+        .start()
+}
+
+/// `n` clients at once on `path` of each port in turn; every answer must be a whole 200.
+/// Returns the bodies.
+fn herd(ports: &[u16], path: &str, n: usize) -> Vec<String> {
+    let barrier = Arc::new(Barrier::new(n));
+    let threads: Vec<_> = (0..n)
+        .map(|i| {
+            let barrier = Arc::clone(&barrier);
+            let port = ports[i % ports.len()];
+            let path = path.to_string();
+            thread::spawn(move || {
+                barrier.wait();
+                let r = http::get(port, &path);
+                assert_eq!(r.status, 200, "{path} on {port}: {}", r.text());
+                r.text()
+            })
+        })
+        .collect();
+    threads.into_iter().map(|t| t.join().expect("client thread")).collect()
+}
+
+/// The `$rcache_status` of the access log entries from `from` on, counted.
+fn statuses(nginx: &Nginx, from: usize, n: usize) -> Vec<String> {
+    let entries = nginx.wait_access_entries(from + n, 10 * SECOND);
+    entries[from..].iter().map(|e| e.rcache.clone()).collect()
+}
+
+fn count(statuses: &[String], which: &str) -> usize {
+    statuses.iter().filter(|s| *s == which).count()
+}
+
+/// Waits until memcached holds `key` with a body containing `want` (the store is done).
+fn wait_stored(mc: &Memcached, key: &str, want: &str) {
+    let stored = wait_until(10 * SECOND, || {
+        mc.get_raw(key)
+            .is_some_and(|(v, _)| String::from_utf8_lossy(&v).contains(want))
+    });
+    assert!(stored, "{key} was not stored with {want:?}: {:?}", mc.get_raw(key));
+}
+
+/// Waits until memcached's TTL of `key` is below `below` seconds (past freshness).
+fn wait_ttl_below(mc: &Memcached, key: &str, below: i64) {
+    let past = wait_until(10 * SECOND, || mc.ttl(key).is_some_and(|t| t >= 0 && t < below));
+    assert!(past, "{key}: ttl {:?} never went below {below}", mc.ttl(key));
+}
+
+#[test]
+fn an_expired_hot_page_is_rendered_once_while_the_others_get_it() {
+    let mc = Memcached::start();
+    let (app, renders) = slow_app(1);
+    let nginx = site(&mc, &app, "");
+
+    assert_eq!(http::get(nginx.port(), "/hot").text(), "render 1");
+    wait_stored(&mc, "/hot", "render 1");
+    // Stored for freshness (1 s) + rcache_stale (30 s).
+    let ttl = mc.ttl("/hot").unwrap();
+    assert!((29..=31).contains(&ttl), "ttl {ttl}");
+    wait_ttl_below(&mc, "/hot", 30);
+
+    let before = nginx.access_entries().len();
+    let bodies = herd(&[nginx.port()], "/hot", 20);
+    assert_eq!(renders.load(Ordering::SeqCst), 2, "one render for the expiry");
+    for body in &bodies {
+        assert!(body == "render 1" || body == "render 2", "{body}");
+    }
+    let got = statuses(&nginx, before, 20);
+    assert_eq!(count(&got, "EXPIRED"), 1, "{got:?}");
+    assert_eq!(count(&got, "UPDATING") + count(&got, "HIT"), 19, "{got:?}");
+    assert!(count(&got, "UPDATING") >= 10, "most arrive during the render: {got:?}");
+
+    // The regenerated page replaced the stale one: fresh again.
+    wait_stored(&mc, "/hot", "render 2");
+    let r = http::get(nginx.port(), "/hot");
+    assert_eq!(r.text(), "render 2");
+    assert_eq!(statuses(&nginx, before + 20, 1), ["HIT"]);
+    assert_eq!(renders.load(Ordering::SeqCst), 2);
+}
+
+#[test]
+fn a_soft_purge_is_rendered_once_while_the_others_get_the_stale_page() {
+    let mc = Memcached::start();
+    let (app, renders) = slow_app(300);
+    let nginx = site(&mc, &app, "");
+    assert_eq!(http::get(nginx.port(), "/post").text(), "render 1");
+    wait_stored(&mc, "/post", "render 1");
+
+    let purge = http::request(nginx.port(), "PURGE", "/post", &[], None);
+    assert_eq!(purge.status, 200, "{}", purge.text());
+    // Still there, marked stale.
+    assert!(mc.get_raw("/post").is_some(), "a soft purge keeps the page");
+
+    let before = nginx.access_entries().len();
+    let bodies = herd(&[nginx.port()], "/post", 20);
+    assert_eq!(renders.load(Ordering::SeqCst), 2, "one render for the purge");
+    assert!(bodies.iter().all(|b| b == "render 1" || b == "render 2"), "{bodies:?}");
+    let got = statuses(&nginx, before, 20);
+    assert_eq!(count(&got, "EXPIRED"), 1, "{got:?}");
+    assert_eq!(count(&got, "MISS"), 0, "{got:?}");
+    wait_stored(&mc, "/post", "render 2");
+
+    // A purge of a key memcached does not have: 404, as for a hard purge.
+    let purge = http::request(nginx.port(), "PURGE", "/never", &[], None);
+    assert_eq!(purge.status, 404);
+}
+
+#[test]
+fn two_nginx_servers_sharing_memcached_render_once_per_expiry() {
+    let mc = Memcached::start();
+    let (app, renders) = slow_app(1);
+    let a = site(&mc, &app, "");
+    let b = site(&mc, &app, "");
+    assert_eq!(http::get(a.port(), "/front").text(), "render 1");
+    wait_stored(&mc, "/front", "render 1");
+    assert_eq!(http::get(b.port(), "/front").text(), "render 1", "b gets a's page");
+    wait_ttl_below(&mc, "/front", 30);
+
+    let (before_a, before_b) = (a.access_entries().len(), b.access_entries().len());
+    let bodies = herd(&[a.port(), b.port()], "/front", 20);
+    assert_eq!(renders.load(Ordering::SeqCst), 2, "one render across both servers");
+    assert!(bodies.iter().all(|b| b.starts_with("render ")), "{bodies:?}");
+    let mut got = statuses(&a, before_a, 10);
+    got.extend(statuses(&b, before_b, 10));
+    assert_eq!(count(&got, "EXPIRED"), 1, "{got:?}");
+}
+
+#[test]
+fn a_page_the_app_writes_itself_is_refreshed_in_the_last_stale_seconds_of_its_ttl() {
+    let mc = Memcached::start();
+    let renders = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&renders);
+    let mc_addr = mc.socket_addr();
+    // The 2009 setup: the app writes its pages itself (plain set, 35 s), rcache_store off.
+    let app = App::start_with(move |req| {
+        let n = counter.fetch_add(1, Ordering::SeqCst) + 1;
+        thread::sleep(RENDER);
+        let body = format!("own {n}");
+        let client = memcache::Client::connect(format!("memcache://{mc_addr}?protocol=ascii"))
+            .expect("app's memcached client");
+        client.set(&req.target, body.as_str(), 35).expect("app's set");
+        AppResponse::new(200, body)
+    });
+    let nginx = site(&mc, &app, "rcache_store off;");
+    mc.set_raw(b"/own", b"own 0", 0, 32);
+    wait_ttl_below(&mc, "/own", 30);
+
+    let before = nginx.access_entries().len();
+    let bodies = herd(&[nginx.port()], "/own", 12);
+    assert_eq!(renders.load(Ordering::SeqCst), 1, "one render in the stale window");
+    assert!(bodies.iter().all(|b| b == "own 0" || b == "own 1"), "{bodies:?}");
+    let got = statuses(&nginx, before, 12);
+    assert_eq!(count(&got, "EXPIRED"), 1, "{got:?}");
+    assert_eq!(http::get(nginx.port(), "/own").text(), "own 1");
+}
+
+#[test]
+fn the_regenerated_page_never_overwrites_a_page_the_app_wrote_meanwhile() {
+    let mc = Memcached::start();
+    let renders = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&renders);
+    let mc_addr = mc.socket_addr();
+    let app = App::start_with(move |req| {
+        let n = counter.fetch_add(1, Ordering::SeqCst) + 1;
+        if n == 2 {
+            // While regenerating, the app stores the page under the key itself.
+            let client =
+                memcache::Client::connect(format!("memcache://{mc_addr}?protocol=ascii"))
+                    .expect("app's memcached client");
+            client.set(&req.target, "written by the app", 300).expect("app's set");
+        }
+        AppResponse::new(200, format!("render {n}")).header("Cache-Control", "max-age=1")
+    });
+    let nginx = site(&mc, &app, "");
+    assert_eq!(http::get(nginx.port(), "/w").text(), "render 1");
+    wait_stored(&mc, "/w", "render 1");
+    wait_ttl_below(&mc, "/w", 30);
+
+    assert_eq!(http::get(nginx.port(), "/w").text(), "render 2", "the winner's render");
+    // nginx logs the request once its store is over.
+    let entries = nginx.wait_access_entries(2, 10 * SECOND);
+    assert_eq!(entries[1].rcache, "EXPIRED");
+    // The winner's store found another item than the one it regenerated: kept.
+    assert_eq!(mc.get_raw("/w").unwrap().0, b"written by the app");
+    assert_eq!(renders.load(Ordering::SeqCst), 2);
+}
+
+#[test]
+fn without_a_fallback_an_expired_page_is_served_stale() {
+    let mc = Memcached::start();
+    let nginx = Nginx::builder()
+        .var("mc", mc.port())
+        .http(
+            "server {
+                 listen 127.0.0.1:{port};
+                 location / { rcache_pass 127.0.0.1:{mc}; rcache_stale 30s; }
+             }",
+        )
+        .start();
+    mc.set_raw(b"/old", b"old page", 0, 31);
+    wait_ttl_below(&mc, "/old", 30);
+    for _ in 0..2 {
+        assert_eq!(http::get(nginx.port(), "/old").text(), "old page");
+    }
+    let got = statuses(&nginx, 0, 2);
+    assert_eq!(got, ["STALE", "UPDATING"]);
+}
+
+#[test]
+fn a_server_without_the_meta_protocol_still_serves_pages() {
+    let fake = FakeMemcached::start(|req| match req.command().as_str() {
+        "mg" => vec![Step::write("ERROR\r\n")],
+        "get" => vec![Step::write(value_reply(&req.key().unwrap(), 0, b"classic"))],
+        _ => vec![Step::write("ERROR\r\n")],
+    });
+    let app = App::start();
+    let nginx = Nginx::builder()
+        .var("mc", fake.port())
+        .var("app", app.port())
+        .http(
+            "server {
+                 listen 127.0.0.1:{port};
+                 location / {
+                     rcache_pass 127.0.0.1:{mc};
+                     rcache_fallback @app;
+                     rcache_stale 30s;
+                 }
+                 location @app { proxy_pass http://127.0.0.1:{app}; }
+             }",
+        )
+        .start();
+    let first = http::get(nginx.port(), "/a");
+    assert_eq!(first.status, 200, "the first request goes to the app");
+    for path in ["/a", "/b", "/c"] {
+        assert_eq!(http::get(nginx.port(), path).text(), "classic");
+    }
+    let got = statuses(&nginx, 0, 4);
+    assert_eq!(got, ["ERROR", "HIT", "HIT", "HIT"]);
+    let log = nginx.error_log();
+    let said = log.matches("does not speak the meta protocol").count();
+    assert_eq!(said, 1, "one line for the episode:\n{log}");
+}
+
+#[test]
+fn bad_values_fail_nginx_t_naming_the_directive() {
+    for (line, want) in [
+        ("rcache_stale soon;", "\"rcache_stale\" directive invalid value"),
+        ("rcache_purge sometimes;", "invalid value \"sometimes\" in the \"rcache_purge\" directive"),
+        ("rcache_stale 10s; rcache_stale 20s;", "\"rcache_stale\" directive is duplicate"),
+    ] {
+        let check = Nginx::builder()
+            .http(&format!(
+                "server {{ listen 127.0.0.1:{{port}};
+                   location / {{ rcache_pass 127.0.0.1:1; {line} }} }}"
+            ))
+            .check_config();
+        assert!(!check.ok, "{line} passed nginx -t");
+        assert!(check.output.contains(want), "{line}: {}", check.output);
+    }
+    let check = Nginx::builder()
+        .http(
+            "server { listen 127.0.0.1:{port};
+               location / { rcache_pass 127.0.0.1:1; rcache_stale 1m; rcache_purge hard; }
+               location /s/ { rcache_pass 127.0.0.1:1; rcache_purge soft; } }",
+        )
+        .check_config();
+    assert!(check.ok, "{}", check.output);
+}
