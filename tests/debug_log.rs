@@ -106,8 +106,8 @@ fn a_hit_a_miss_with_its_store_a_bypass_and_an_error_tell_their_story() {
         &[
             "rcache: get \"/hit\"",
             &format!("rcache: memcached 127.0.0.1:{port}: no idle connection, connecting"),
-            "parked in the pool",
             "rcache: pool: park connection",
+            "parked in the pool",
             "rcache: HIT: 5 bytes, status 200",
             "rcache: get \"/hit\"",
             "rcache: pool: take idle connection",
