@@ -137,7 +137,12 @@ unsafe fn handle(r: *mut ngx_http_request_t) -> Status {
         if let Some(page) = unsafe { front::lookup(fc.zone, key, req.pool) } {
             debug!(log, "rcache: front cache HIT");
             variables::set_front(req, FrontStatus::Hit);
-            return respond::serve_page(req, Value::whole(page.value), page.flags, CacheStatus::Hit);
+            return respond::serve_page(
+                req,
+                Value::whole(page.value),
+                page.flags,
+                CacheStatus::Hit,
+            );
         }
         variables::set_front(req, FrontStatus::Miss);
     }

@@ -409,8 +409,14 @@ mod tests {
     fn commands() {
         assert_eq!(get_args(Get::default()), " v f t c\r\n");
         assert_eq!(get_args(Get { recache: Some(30) }), " v f t c R30\r\n");
-        assert_eq!(set_command(b"/p", 5, 16, 330, None), b"ms /p 5 F16 T330 ME\r\n");
-        assert_eq!(set_command(b"/p", 5, 0, 60, Some(9)), b"ms /p 5 F0 T60 C9\r\n");
+        assert_eq!(
+            set_command(b"/p", 5, 16, 330, None),
+            b"ms /p 5 F16 T330 ME\r\n"
+        );
+        assert_eq!(
+            set_command(b"/p", 5, 0, 60, Some(9)),
+            b"ms /p 5 F0 T60 C9\r\n"
+        );
         assert_eq!(invalidate_args(Some(30)), " I T30\r\n");
         assert_eq!(invalidate_args(None), " I\r\n");
     }

@@ -14,7 +14,11 @@ pub enum Outcome<'a> {
     Hit(Value<'a>, u32),
     /// The page is past its freshness (or marked stale) and this request won the
     /// right to regenerate it; `cas` names the item its new page replaces.
-    Expired { value: Value<'a>, flags: u32, cas: u64 },
+    Expired {
+        value: Value<'a>,
+        flags: u32,
+        cas: u64,
+    },
     /// The page is stale and another request is regenerating it: served meanwhile.
     Updating(Value<'a>, u32),
     /// memcached has no value for the key: a MISS that `rcache_store` may fill.

@@ -24,8 +24,8 @@ use ngx::ffi::*;
 use ngx::http::{HTTPStatus, HttpModuleLocationConf};
 use ngx::{ngx_log_error, ngx_string};
 
-use crate::key;
 use crate::conf::PURGE_SOFT;
+use crate::key;
 use crate::lookup::{Command, Head, Lookup};
 use crate::meta::{self, MetaFlags, MetaParsed, MetaReply};
 use crate::outcome::{Failure, Outcome, Verdict};
@@ -51,7 +51,11 @@ pub fn prepare<'a>(
     let stale = (lcf.stale_secs() > 0).then_some(lcf.stale_secs());
     let (command, prefix, suffix) = if purge {
         if lcf.purge == PURGE_SOFT && !classic_only {
-            (Command::Invalidate, &b"md "[..], meta::invalidate_args(stale).into_bytes())
+            (
+                Command::Invalidate,
+                &b"md "[..],
+                meta::invalidate_args(stale).into_bytes(),
+            )
         } else {
             (Command::Delete, protocol::DELETE, protocol::CRLF.to_vec())
         }
@@ -62,7 +66,11 @@ pub fn prepare<'a>(
         let get = meta::Get {
             recache: stale.filter(|_| may_regenerate),
         };
-        (Command::MetaGet, &b"mg "[..], meta::get_args(get).into_bytes())
+        (
+            Command::MetaGet,
+            &b"mg "[..],
+            meta::get_args(get).into_bytes(),
+        )
     } else {
         (Command::Get, protocol::GET, protocol::CRLF.to_vec())
     };
@@ -236,7 +244,14 @@ fn get_reply<'a>(
                 // The value is not read: the connection is not reusable.
                 return Some(Outcome::NotServed(verdict));
             }
-            if !make_room(r.pool, &mut u.buffer, lookup, header, reply_len, protocol::TRAILER.len()) {
+            if !make_room(
+                r.pool,
+                &mut u.buffer,
+                lookup,
+                header,
+                reply_len,
+                protocol::TRAILER.len(),
+            ) {
                 return Some(Outcome::NotServed(Verdict::Error(Failure::Error)));
             }
             debug!(
@@ -354,7 +369,14 @@ fn meta_get_reply<'a>(
                 return Some(Outcome::NotServed(verdict));
             }
             lookup.meta_flags.set(flags);
-            if !make_room(r.pool, &mut u.buffer, lookup, header, reply_len, protocol::CRLF.len()) {
+            if !make_room(
+                r.pool,
+                &mut u.buffer,
+                lookup,
+                header,
+                reply_len,
+                protocol::CRLF.len(),
+            ) {
                 return Some(Outcome::NotServed(Verdict::Error(Failure::Error)));
             }
             None
@@ -411,8 +433,16 @@ fn meta_outcome<'a>(r: &ngx_http_request_t, value: Value<'a>, flags: MetaFlags) 
         "rcache: mg: {} bytes, ttl {:?}{}{}{}",
         value.len(),
         flags.ttl,
-        if flags.win { ", won the regeneration" } else { "" },
-        if flags.won_already { ", being regenerated" } else { "" },
+        if flags.win {
+            ", won the regeneration"
+        } else {
+            ""
+        },
+        if flags.won_already {
+            ", being regenerated"
+        } else {
+            ""
+        },
         if flags.stale { ", stale" } else { "" }
     );
     if flags.win {
@@ -439,7 +469,14 @@ fn invalidate_reply<'a>(
         Ok(MetaParsed::Complete(reply @ (MetaReply::Header(_) | MetaReply::NoItem))) => {
             u.set_keepalive(1);
             let marked = matches!(reply, MetaReply::Header(_));
-            record_status(u, if marked { NGX_HTTP_OK } else { NGX_HTTP_NOT_FOUND });
+            record_status(
+                u,
+                if marked {
+                    NGX_HTTP_OK
+                } else {
+                    NGX_HTTP_NOT_FOUND
+                },
+            );
             return Some(Outcome::Purged(Ok(marked)));
         }
         Err(ProtocolError::ErrorReply(line)) => {

@@ -24,7 +24,8 @@ struct Meta {
 impl Meta {
     fn connect(mc: &Memcached) -> Meta {
         let s = TcpStream::connect(mc.socket_addr()).expect("connect to memcached");
-        s.set_read_timeout(Some(5 * SECOND)).expect("set_read_timeout");
+        s.set_read_timeout(Some(5 * SECOND))
+            .expect("set_read_timeout");
         Meta {
             reader: BufReader::new(s.try_clone().expect("clone")),
             writer: s,
@@ -47,7 +48,10 @@ impl Meta {
             let len: usize = rest.split(' ').next().unwrap().parse().unwrap();
             let mut value = vec![0; len + 2];
             self.reader.read_exact(&mut value).expect("read value");
-            assert!(value.ends_with(b"\r\n"), "{reply}: value not followed by CRLF");
+            assert!(
+                value.ends_with(b"\r\n"),
+                "{reply}: value not followed by CRLF"
+            );
             value.truncate(len);
             value
         });
@@ -75,7 +79,7 @@ fn has(reply: &str, flag: &str) -> bool {
     flags(reply).iter().any(|f| f == flag)
 }
 
-fn token<'a>(reply: &'a str, flag: char) -> Option<&'a str> {
+fn token(reply: &str, flag: char) -> Option<&str> {
     reply.split(' ').skip(1).find_map(|w| w.strip_prefix(flag))
 }
 
@@ -89,14 +93,20 @@ fn vivify_creates_an_empty_placeholder_that_one_client_wins() {
     let (first, value) = a.send("mg /cold v f t c N30", None);
     assert!(first.starts_with("VA 0 "), "{first}");
     assert_eq!(value.as_deref(), Some(&b""[..]), "the placeholder is empty");
-    assert!(has(&first, "W") && !has(&first, "Z"), "{first}: the first client wins");
+    assert!(
+        has(&first, "W") && !has(&first, "Z"),
+        "{first}: the first client wins"
+    );
     assert_eq!(token(&first, 'f'), Some("0"), "{first}");
 
     for c in [&mut a, &mut b] {
         let (next, value) = c.send("mg /cold v f t c N30", None);
         assert!(next.starts_with("VA 0 "), "{next}");
         assert_eq!(value.as_deref(), Some(&b""[..]));
-        assert!(has(&next, "Z") && !has(&next, "W"), "{next}: the others see it won");
+        assert!(
+            has(&next, "Z") && !has(&next, "W"),
+            "{next}: the others see it won"
+        );
     }
     // The placeholder lives for the vivify TTL (the lock's age).
     let ttl: i64 = token(&a.line("mg /cold t"), 't').unwrap().parse().unwrap();
@@ -104,10 +114,17 @@ fn vivify_creates_an_empty_placeholder_that_one_client_wins() {
 
     // The winner's page replaces it (CAS of the placeholder); nobody has won the new one.
     let cas = token(&first, 'c').unwrap().to_string();
-    assert_eq!(a.send(&format!("ms /cold 4 F16 T60 C{cas}"), Some(b"page")).0, "HD");
+    assert_eq!(
+        a.send(&format!("ms /cold 4 F16 T60 C{cas}"), Some(b"page"))
+            .0,
+        "HD"
+    );
     let (after, value) = b.send("mg /cold v f t c N30", None);
     assert_eq!(value.as_deref(), Some(&b"page"[..]));
-    assert!(!has(&after, "W") && !has(&after, "Z") && !has(&after, "X"), "{after}");
+    assert!(
+        !has(&after, "W") && !has(&after, "Z") && !has(&after, "X"),
+        "{after}"
+    );
 }
 
 #[test]
@@ -124,7 +141,10 @@ fn recache_hands_one_win_once_fewer_seconds_than_the_token_are_left() {
 
     // Threshold 200: past it. One win, then Z for everyone, value always returned.
     let (win, value) = a.send("mg /hot v f t c R200", None);
-    assert!(has(&win, "W") && !has(&win, "Z") && !has(&win, "X"), "{win}");
+    assert!(
+        has(&win, "W") && !has(&win, "Z") && !has(&win, "X"),
+        "{win}"
+    );
     assert_eq!(value.as_deref(), Some(&b"hello"[..]));
     for c in [&mut a, &mut b] {
         let (other, value) = c.send("mg /hot v f t c R200", None);
@@ -136,7 +156,11 @@ fn recache_hands_one_win_once_fewer_seconds_than_the_token_are_left() {
 
     // A new value (the winner's store) clears the win.
     let cas = token(&win, 'c').unwrap().to_string();
-    assert_eq!(a.send(&format!("ms /hot 5 F16 T100 C{cas}"), Some(b"fresh")).0, "HD");
+    assert_eq!(
+        a.send(&format!("ms /hot 5 F16 T100 C{cas}"), Some(b"fresh"))
+            .0,
+        "HD"
+    );
     let (after, value) = b.send("mg /hot v f t c R50", None);
     assert!(!has(&after, "W") && !has(&after, "Z"), "{after}");
     assert_eq!(value.as_deref(), Some(&b"fresh"[..]));
@@ -151,12 +175,25 @@ fn invalidate_marks_stale_and_hands_out_a_new_win() {
 
     assert_eq!(a.line("md /post I T30"), "HD");
     let (first, value) = a.send("mg /post v f t c", None);
-    assert!(has(&first, "X") && has(&first, "W"), "{first}: stale, and this one regenerates");
-    assert_eq!(value.as_deref(), Some(&b"old comments"[..]), "the stale page is still there");
+    assert!(
+        has(&first, "X") && has(&first, "W"),
+        "{first}: stale, and this one regenerates"
+    );
+    assert_eq!(
+        value.as_deref(),
+        Some(&b"old comments"[..]),
+        "the stale page is still there"
+    );
     let ttl: i64 = token(&first, 't').unwrap().parse().unwrap();
-    assert!((28..=30).contains(&ttl), "md's T sets the stale page's lifetime: {ttl}");
+    assert!(
+        (28..=30).contains(&ttl),
+        "md's T sets the stale page's lifetime: {ttl}"
+    );
     let (second, _) = a.send("mg /post v f t c", None);
-    assert!(has(&second, "X") && has(&second, "Z") && !has(&second, "W"), "{second}");
+    assert!(
+        has(&second, "X") && has(&second, "Z") && !has(&second, "W"),
+        "{second}"
+    );
 
     // Invalidating again re-arms the win (a failed regeneration can be retried).
     assert_eq!(a.line("md /post I T30"), "HD");
@@ -165,9 +202,19 @@ fn invalidate_marks_stale_and_hands_out_a_new_win() {
 
     // The winner's CAS is the stale item's: its store goes through and is fresh.
     let cas = token(&again, 'c').unwrap().to_string();
-    assert_eq!(a.send(&format!("ms /post 12 F0 T300 C{cas}"), Some(b"new comments")).0, "HD");
+    assert_eq!(
+        a.send(
+            &format!("ms /post 12 F0 T300 C{cas}"),
+            Some(b"new comments")
+        )
+        .0,
+        "HD"
+    );
     let (fresh, value) = a.send("mg /post v f t c R30", None);
-    assert!(!has(&fresh, "X") && !has(&fresh, "W") && !has(&fresh, "Z"), "{fresh}");
+    assert!(
+        !has(&fresh, "X") && !has(&fresh, "W") && !has(&fresh, "Z"),
+        "{fresh}"
+    );
     assert_eq!(value.as_deref(), Some(&b"new comments"[..]));
 
     // md I on a missing key.
@@ -184,14 +231,20 @@ fn cas_and_add_mode_never_overwrite_what_the_app_wrote() {
 
     // The app writes meanwhile (classic set): the winner's CAS no longer matches.
     mc.set_raw(b"/p", b"app's", 0, 60);
-    assert_eq!(a.send(&format!("ms /p 4 F16 T60 C{cas}"), Some(b"mine")).0, "EX");
+    assert_eq!(
+        a.send(&format!("ms /p 4 F16 T60 C{cas}"), Some(b"mine")).0,
+        "EX"
+    );
     assert_eq!(mc.get_raw("/p").unwrap().0, b"app's");
 
     // Deleted meanwhile (a hard purge): NF, nothing stored.
     let (got, _) = a.send("mg /p v c R100", None);
     let cas = token(&got, 'c').unwrap().to_string();
     assert_eq!(a.line("md /p"), "HD");
-    assert_eq!(a.send(&format!("ms /p 4 F16 T60 C{cas}"), Some(b"mine")).0, "NF");
+    assert_eq!(
+        a.send(&format!("ms /p 4 F16 T60 C{cas}"), Some(b"mine")).0,
+        "NF"
+    );
     assert_eq!(mc.get_raw("/p"), None);
 
     // Add mode (a MISS's store): stores once, then NS.

@@ -38,8 +38,9 @@ fn slow_app(max_age: u32) -> (App, Arc<AtomicUsize>) {
     (app, renders)
 }
 
-/// nginx with the stale-pages location: store on, `rcache_stale 30s`, soft purge, MISS
-/// and EXPIRED to `@app`. `extra` goes into the location.
+/// nginx with the stale-pages location: store on (unless `extra` says `rcache_store
+/// off;`), `rcache_stale 30s`, soft purge, MISS and EXPIRED to `@app`. `extra` goes into
+/// the location.
 fn site(mc: &Memcached, app: &App, extra: &str) -> Nginx {
     Nginx::builder()
         .var("mc", mc.port())
@@ -50,7 +51,7 @@ fn site(mc: &Memcached, app: &App, extra: &str) -> Nginx {
                  location / {
                      rcache_pass 127.0.0.1:{mc};
                      rcache_fallback @app;
-                     rcache_store on;
+                     {store}
                      rcache_stale 30s;
                      rcache_purge soft;
                      {extra}
@@ -59,6 +60,14 @@ fn site(mc: &Memcached, app: &App, extra: &str) -> Nginx {
                      proxy_pass http://127.0.0.1:{app};
                  }
              }"
+            .replace(
+                "{store}",
+                if extra.contains("rcache_store") {
+                    ""
+                } else {
+                    "rcache_store on;"
+                },
+            )
             .replace("{extra}", extra),
         )
         .start()
@@ -81,7 +90,10 @@ fn herd(ports: &[u16], path: &str, n: usize) -> Vec<String> {
             })
         })
         .collect();
-    threads.into_iter().map(|t| t.join().expect("client thread")).collect()
+    threads
+        .into_iter()
+        .map(|t| t.join().expect("client thread"))
+        .collect()
 }
 
 /// The `$rcache_status` of the access log entries from `from` on, counted.
@@ -100,13 +112,23 @@ fn wait_stored(mc: &Memcached, key: &str, want: &str) {
         mc.get_raw(key)
             .is_some_and(|(v, _)| String::from_utf8_lossy(&v).contains(want))
     });
-    assert!(stored, "{key} was not stored with {want:?}: {:?}", mc.get_raw(key));
+    assert!(
+        stored,
+        "{key} was not stored with {want:?}: {:?}",
+        mc.get_raw(key)
+    );
 }
 
 /// Waits until memcached's TTL of `key` is below `below` seconds (past freshness).
 fn wait_ttl_below(mc: &Memcached, key: &str, below: i64) {
-    let past = wait_until(10 * SECOND, || mc.ttl(key).is_some_and(|t| t >= 0 && t < below));
-    assert!(past, "{key}: ttl {:?} never went below {below}", mc.ttl(key));
+    let past = wait_until(10 * SECOND, || {
+        mc.ttl(key).is_some_and(|t| t >= 0 && t < below)
+    });
+    assert!(
+        past,
+        "{key}: ttl {:?} never went below {below}",
+        mc.ttl(key)
+    );
 }
 
 #[test]
@@ -124,14 +146,21 @@ fn an_expired_hot_page_is_rendered_once_while_the_others_get_it() {
 
     let before = nginx.access_entries().len();
     let bodies = herd(&[nginx.port()], "/hot", 20);
-    assert_eq!(renders.load(Ordering::SeqCst), 2, "one render for the expiry");
+    assert_eq!(
+        renders.load(Ordering::SeqCst),
+        2,
+        "one render for the expiry"
+    );
     for body in &bodies {
         assert!(body == "render 1" || body == "render 2", "{body}");
     }
     let got = statuses(&nginx, before, 20);
     assert_eq!(count(&got, "EXPIRED"), 1, "{got:?}");
     assert_eq!(count(&got, "UPDATING") + count(&got, "HIT"), 19, "{got:?}");
-    assert!(count(&got, "UPDATING") >= 10, "most arrive during the render: {got:?}");
+    assert!(
+        count(&got, "UPDATING") >= 10,
+        "most arrive during the render: {got:?}"
+    );
 
     // The regenerated page replaced the stale one: fresh again.
     wait_stored(&mc, "/hot", "render 2");
@@ -156,8 +185,15 @@ fn a_soft_purge_is_rendered_once_while_the_others_get_the_stale_page() {
 
     let before = nginx.access_entries().len();
     let bodies = herd(&[nginx.port()], "/post", 20);
-    assert_eq!(renders.load(Ordering::SeqCst), 2, "one render for the purge");
-    assert!(bodies.iter().all(|b| b == "render 1" || b == "render 2"), "{bodies:?}");
+    assert_eq!(
+        renders.load(Ordering::SeqCst),
+        2,
+        "one render for the purge"
+    );
+    assert!(
+        bodies.iter().all(|b| b == "render 1" || b == "render 2"),
+        "{bodies:?}"
+    );
     let got = statuses(&nginx, before, 20);
     assert_eq!(count(&got, "EXPIRED"), 1, "{got:?}");
     assert_eq!(count(&got, "MISS"), 0, "{got:?}");
@@ -176,13 +212,24 @@ fn two_nginx_servers_sharing_memcached_render_once_per_expiry() {
     let b = site(&mc, &app, "");
     assert_eq!(http::get(a.port(), "/front").text(), "render 1");
     wait_stored(&mc, "/front", "render 1");
-    assert_eq!(http::get(b.port(), "/front").text(), "render 1", "b gets a's page");
+    assert_eq!(
+        http::get(b.port(), "/front").text(),
+        "render 1",
+        "b gets a's page"
+    );
     wait_ttl_below(&mc, "/front", 30);
 
     let (before_a, before_b) = (a.access_entries().len(), b.access_entries().len());
     let bodies = herd(&[a.port(), b.port()], "/front", 20);
-    assert_eq!(renders.load(Ordering::SeqCst), 2, "one render across both servers");
-    assert!(bodies.iter().all(|b| b.starts_with("render ")), "{bodies:?}");
+    assert_eq!(
+        renders.load(Ordering::SeqCst),
+        2,
+        "one render across both servers"
+    );
+    assert!(
+        bodies.iter().all(|b| b.starts_with("render ")),
+        "{bodies:?}"
+    );
     let mut got = statuses(&a, before_a, 10);
     got.extend(statuses(&b, before_b, 10));
     assert_eq!(count(&got, "EXPIRED"), 1, "{got:?}");
@@ -201,7 +248,9 @@ fn a_page_the_app_writes_itself_is_refreshed_in_the_last_stale_seconds_of_its_tt
         let body = format!("own {n}");
         let client = memcache::Client::connect(format!("memcache://{mc_addr}?protocol=ascii"))
             .expect("app's memcached client");
-        client.set(&req.target, body.as_str(), 35).expect("app's set");
+        client
+            .set(&req.target, body.as_str(), 35)
+            .expect("app's set");
         AppResponse::new(200, body)
     });
     let nginx = site(&mc, &app, "rcache_store off;");
@@ -210,8 +259,15 @@ fn a_page_the_app_writes_itself_is_refreshed_in_the_last_stale_seconds_of_its_tt
 
     let before = nginx.access_entries().len();
     let bodies = herd(&[nginx.port()], "/own", 12);
-    assert_eq!(renders.load(Ordering::SeqCst), 1, "one render in the stale window");
-    assert!(bodies.iter().all(|b| b == "own 0" || b == "own 1"), "{bodies:?}");
+    assert_eq!(
+        renders.load(Ordering::SeqCst),
+        1,
+        "one render in the stale window"
+    );
+    assert!(
+        bodies.iter().all(|b| b == "own 0" || b == "own 1"),
+        "{bodies:?}"
+    );
     let got = statuses(&nginx, before, 12);
     assert_eq!(count(&got, "EXPIRED"), 1, "{got:?}");
     assert_eq!(http::get(nginx.port(), "/own").text(), "own 1");
@@ -227,10 +283,11 @@ fn the_regenerated_page_never_overwrites_a_page_the_app_wrote_meanwhile() {
         let n = counter.fetch_add(1, Ordering::SeqCst) + 1;
         if n == 2 {
             // While regenerating, the app stores the page under the key itself.
-            let client =
-                memcache::Client::connect(format!("memcache://{mc_addr}?protocol=ascii"))
-                    .expect("app's memcached client");
-            client.set(&req.target, "written by the app", 300).expect("app's set");
+            let client = memcache::Client::connect(format!("memcache://{mc_addr}?protocol=ascii"))
+                .expect("app's memcached client");
+            client
+                .set(&req.target, "written by the app", 300)
+                .expect("app's set");
         }
         AppResponse::new(200, format!("render {n}")).header("Cache-Control", "max-age=1")
     });
@@ -239,7 +296,11 @@ fn the_regenerated_page_never_overwrites_a_page_the_app_wrote_meanwhile() {
     wait_stored(&mc, "/w", "render 1");
     wait_ttl_below(&mc, "/w", 30);
 
-    assert_eq!(http::get(nginx.port(), "/w").text(), "render 2", "the winner's render");
+    assert_eq!(
+        http::get(nginx.port(), "/w").text(),
+        "render 2",
+        "the winner's render"
+    );
     // nginx logs the request once its store is over.
     let entries = nginx.wait_access_entries(2, 10 * SECOND);
     assert_eq!(entries[1].rcache, "EXPIRED");
@@ -307,9 +368,18 @@ fn a_server_without_the_meta_protocol_still_serves_pages() {
 #[test]
 fn bad_values_fail_nginx_t_naming_the_directive() {
     for (line, want) in [
-        ("rcache_stale soon;", "\"rcache_stale\" directive invalid value"),
-        ("rcache_purge sometimes;", "invalid value \"sometimes\" in the \"rcache_purge\" directive"),
-        ("rcache_stale 10s; rcache_stale 20s;", "\"rcache_stale\" directive is duplicate"),
+        (
+            "rcache_stale soon;",
+            "\"rcache_stale\" directive invalid value",
+        ),
+        (
+            "rcache_purge sometimes;",
+            "invalid value \"sometimes\" in the \"rcache_purge\" directive",
+        ),
+        (
+            "rcache_stale 10s; rcache_stale 20s;",
+            "\"rcache_stale\" directive is duplicate",
+        ),
     ] {
         let check = Nginx::builder()
             .http(&format!(
@@ -328,4 +398,105 @@ fn bad_values_fail_nginx_t_naming_the_directive() {
         )
         .check_config();
     assert!(check.ok, "{}", check.output);
+}
+
+#[test]
+fn large_pages_are_served_whole_when_hit_and_when_stale() {
+    let mc = Memcached::start_with_args(&["-I", "2m"]);
+    let (app, renders) = slow_app(60);
+    let nginx = site(&mc, &app, "rcache_store off;");
+    // Larger than the first 16 KiB read: the rest goes into a second buffer.
+    let page = bytes(300 * 1024, 3);
+    mc.set_raw(b"/big", &page, 0, 300);
+    let r = http::get(nginx.port(), "/big");
+    assert_eq!(r.body, page, "HIT byte-exact");
+
+    mc.set_raw(b"/big", &page, 0, 31);
+    wait_ttl_below(&mc, "/big", 30);
+    let before = nginx.access_entries().len();
+    let barrier = Arc::new(Barrier::new(6));
+    let port = nginx.port();
+    let threads: Vec<_> = (0..6)
+        .map(|_| {
+            let barrier = Arc::clone(&barrier);
+            thread::spawn(move || {
+                barrier.wait();
+                http::get(port, "/big")
+            })
+        })
+        .collect();
+    let mut stale = 0;
+    for t in threads {
+        let r = t.join().unwrap();
+        assert_eq!(r.status, 200);
+        if r.body == page {
+            stale += 1;
+        } else {
+            assert_eq!(r.text(), "render 1", "the one regeneration");
+        }
+    }
+    assert_eq!(renders.load(Ordering::SeqCst), 1);
+    assert_eq!(stale, 5, "the others got the whole stale page");
+    let got = statuses(&nginx, before, 6);
+    assert_eq!(count(&got, "EXPIRED"), 1, "{got:?}");
+    assert_eq!(count(&got, "UPDATING"), 5, "{got:?}");
+}
+
+#[test]
+fn meta_replies_split_anywhere_or_broken_are_handled_like_classic_ones() {
+    let reply = b"VA 11 f0 t100 c7\r\nhello world\r\n".to_vec();
+    let cuts: Vec<Vec<usize>> = vec![vec![1], vec![3, 17], vec![18], vec![20, 29], vec![30]];
+    for cut in cuts {
+        let script = split(&reply, &cut, Duration::from_millis(20));
+        let fake = FakeMemcached::start(move |req| {
+            assert_eq!(req.command(), "mg", "{}", req.line_str());
+            script.clone()
+        });
+        let app = App::start();
+        let nginx = Nginx::builder()
+            .var("mc", fake.port())
+            .var("app", app.port())
+            .http(
+                "server { listen 127.0.0.1:{port};
+                   location / { rcache_pass 127.0.0.1:{mc}; rcache_fallback @app; rcache_stale 10s; }
+                   location @app { proxy_pass http://127.0.0.1:{app}; } }",
+            )
+            .start();
+        assert_eq!(
+            http::get(nginx.port(), "/k").text(),
+            "hello world",
+            "cut at {cut:?}"
+        );
+        assert!(
+            fake.requests()[0].ends_with("v f t c R10"),
+            "{:?}",
+            fake.requests()
+        );
+    }
+
+    for broken in [
+        &b"VA 11 f0 t100\r\nhello\r\n"[..], // short value, then the connection stalls
+        b"VA 5 f0 t100 c1\r\nhelloXX",      // no CRLF after the value
+        b"VA 5 f0 t100 c1 Q\r\nhello\r\n",  // an unknown flag
+        b"HD\r\n",                          // no value for mg ... v
+        b"VA 5 f0\r\nhello\r\nEN\r\n",      // a second reply nobody asked for
+    ] {
+        let broken = broken.to_vec();
+        let fake = FakeMemcached::start(move |_| vec![Step::write(&broken)]);
+        let app = App::start();
+        let nginx = Nginx::builder()
+            .var("mc", fake.port())
+            .var("app", app.port())
+            .http(
+                "server { listen 127.0.0.1:{port};
+                   location / { rcache_pass 127.0.0.1:{mc}; rcache_fallback @app;
+                                rcache_stale 10s; rcache_read_timeout 300ms; }
+                   location @app { proxy_pass http://127.0.0.1:{app}; } }",
+            )
+            .start();
+        let r = http::get(nginx.port(), "/k");
+        assert_eq!(r.status, 200);
+        assert!(r.text().contains("app=1"), "to the app: {}", r.text());
+        assert_eq!(statuses(&nginx, 0, 1), ["ERROR"]);
+    }
 }

@@ -395,7 +395,9 @@ fn meta_set_result(reply: &[u8]) -> Option<WriteResult> {
         Ok(MetaParsed::Complete(MetaReply::NotStored | MetaReply::Exists | MetaReply::NoItem)) => {
             WriteResult::Present
         }
-        Ok(MetaParsed::Complete(other)) => WriteResult::Failed(format!("memcached answered {other:?}")),
+        Ok(MetaParsed::Complete(other)) => {
+            WriteResult::Failed(format!("memcached answered {other:?}"))
+        }
         Err(err) if err.to_string().contains("too large") => WriteResult::TooLarge,
         Err(err) => WriteResult::Failed(err.to_string()),
     })
