@@ -1644,7 +1644,13 @@ fn nginx_t_rejects_bad_store_and_purge_directives() {
             "invalid number of arguments",
         ),
         (
+            // `rcache_purge [soft | hard]`: a value, but not one of those two.
             "rcache_purge on;",
+            "rcache_purge",
+            "it must be \"soft\" or \"hard\"",
+        ),
+        (
+            "rcache_purge soft hard;",
             "rcache_purge",
             "invalid number of arguments",
         ),

@@ -85,6 +85,13 @@ VARIANTS = [
             "rcache_fallback @app; }\n"
             f"        location @app {{ {TO_APP} }}",
             mc_gets=1, mc_hits=1, default=False),
+    # Not in a default run yet: a fresh HIT looked up with the meta protocol (`mg ... R30`),
+    # as every lookup is where stale pages are on; to compare with rcache_hit.
+    Variant("rcache_hit_stale", "`rcache_pass` + `rcache_stale 30s`: fresh HIT via `mg`",
+            "location / { rcache_pass 127.0.0.1:{mc}; rcache_stale 30s; "
+            "rcache_fallback @app; }\n"
+            f"        location @app {{ {TO_APP} }}",
+            mc_gets=1, mc_hits=1, default=False, optional=True),
 ]
 
 BY_NAME = {v.name: v for v in VARIANTS}
