@@ -188,20 +188,72 @@ pub struct Get {
 
 /// What follows the key in `mg <key> v f t c [R<ttl>]\r\n`: the value with its flags,
 /// TTL and CAS.
-pub fn get_args(get: Get) -> String {
-    match get.recache {
-        Some(ttl) => format!(" v f t c R{ttl}\r\n"),
-        None => " v f t c\r\n".to_string(),
+pub fn get_args(get: Get) -> Args {
+    let mut args = Args::new(b" v f t c");
+    if let Some(ttl) = get.recache {
+        args.push(b" R");
+        args.push_number(ttl);
     }
+    args.push(CRLF);
+    args
 }
 
 /// What follows the key in `md <key> I [T<ttl>]\r\n`: mark the item stale (the next
 /// `mg` wins the right to recache it, the others see `X` and `Z`), keeping it `ttl`
 /// more seconds (or its own TTL).
-pub fn invalidate_args(ttl: Option<u32>) -> String {
-    match ttl {
-        Some(ttl) => format!(" I T{ttl}\r\n"),
-        None => " I\r\n".to_string(),
+pub fn invalidate_args(ttl: Option<u32>) -> Args {
+    let mut args = Args::new(b" I");
+    if let Some(ttl) = ttl {
+        args.push(b" T");
+        args.push_number(ttl);
+    }
+    args.push(CRLF);
+    args
+}
+
+/// A command's arguments after the key, built on the stack: every lookup builds one,
+/// and a heap allocation per request showed in the instruction counts.
+#[derive(Clone, Copy)]
+pub struct Args {
+    buf: [u8; 32],
+    len: usize,
+}
+
+impl Args {
+    pub fn new(start: &[u8]) -> Args {
+        let mut args = Args {
+            buf: [0; 32],
+            len: 0,
+        };
+        args.push(start);
+        args
+    }
+
+    fn push(&mut self, bytes: &[u8]) {
+        self.buf[self.len..self.len + bytes.len()].copy_from_slice(bytes);
+        self.len += bytes.len();
+    }
+
+    fn push_number(&mut self, mut n: u32) {
+        let mut digits = [0u8; 10];
+        let mut at = digits.len();
+        loop {
+            at -= 1;
+            digits[at] = b'0' + (n % 10) as u8;
+            n /= 10;
+            if n == 0 {
+                break;
+            }
+        }
+        self.push(&digits[at..]);
+    }
+}
+
+impl core::ops::Deref for Args {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        &self.buf[..self.len]
     }
 }
 
@@ -407,8 +459,15 @@ mod tests {
 
     #[test]
     fn commands() {
-        assert_eq!(get_args(Get::default()), " v f t c\r\n");
-        assert_eq!(get_args(Get { recache: Some(30) }), " v f t c R30\r\n");
+        assert_eq!(&*get_args(Get::default()), b" v f t c\r\n");
+        assert_eq!(&*get_args(Get { recache: Some(30) }), b" v f t c R30\r\n");
+        assert_eq!(
+            &*get_args(Get {
+                recache: Some(u32::MAX)
+            }),
+            b" v f t c R4294967295\r\n"
+        );
+        assert_eq!(&*get_args(Get { recache: Some(0) }), b" v f t c R0\r\n");
         assert_eq!(
             set_command(b"/p", 5, 16, 330, None),
             b"ms /p 5 F16 T330 ME\r\n"
@@ -417,7 +476,8 @@ mod tests {
             set_command(b"/p", 5, 0, 60, Some(9)),
             b"ms /p 5 F0 T60 C9\r\n"
         );
-        assert_eq!(invalidate_args(Some(30)), " I T30\r\n");
-        assert_eq!(invalidate_args(None), " I\r\n");
+        assert_eq!(&*invalidate_args(Some(30)), b" I T30\r\n");
+        assert_eq!(&*invalidate_args(None), b" I\r\n");
+        assert_eq!(&*Args::new(b"\r\n"), b"\r\n");
     }
 }

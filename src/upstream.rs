@@ -54,10 +54,14 @@ pub fn prepare<'a>(
             (
                 Command::Invalidate,
                 &b"md "[..],
-                meta::invalidate_args(stale).into_bytes(),
+                meta::invalidate_args(stale),
             )
         } else {
-            (Command::Delete, protocol::DELETE, protocol::CRLF.to_vec())
+            (
+                Command::Delete,
+                protocol::DELETE,
+                meta::Args::new(protocol::CRLF),
+            )
         }
     } else if lcf.uses_meta() && !classic_only {
         // Only a request whose response can become the new page takes the win: a HEAD,
@@ -66,13 +70,9 @@ pub fn prepare<'a>(
         let get = meta::Get {
             recache: stale.filter(|_| may_regenerate),
         };
-        (
-            Command::MetaGet,
-            &b"mg "[..],
-            meta::get_args(get).into_bytes(),
-        )
+        (Command::MetaGet, &b"mg "[..], meta::get_args(get))
     } else {
-        (Command::Get, protocol::GET, protocol::CRLF.to_vec())
+        (Command::Get, protocol::GET, meta::Args::new(protocol::CRLF))
     };
     let pool = r.pool;
     let len = prefix.len() + escaped_len + suffix.len();

@@ -500,3 +500,84 @@ fn meta_replies_split_anywhere_or_broken_are_handled_like_classic_ones() {
         assert_eq!(statuses(&nginx, 0, 1), ["ERROR"]);
     }
 }
+
+/// Asks for `path` until the answer is `want` (at most 5 s): the stale page is served
+/// (UPDATING) until the win given back reaches memcached, then one request regenerates.
+/// Returns how many requests it took.
+fn until_regenerated(port: u16, path: &str, stale: &str, want: &str) -> usize {
+    for n in 1..=50 {
+        let body = http::get(port, path).text();
+        if body == want {
+            return n;
+        }
+        assert_eq!(body, stale, "meanwhile the stale page");
+        thread::sleep(Duration::from_millis(100));
+    }
+    panic!("{path} was not regenerated within 5 s: the win was not given back");
+}
+
+#[test]
+fn a_regeneration_that_is_not_stored_gives_the_win_back() {
+    let mc = Memcached::start();
+    let renders = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&renders);
+    let app = App::start_with(move |_| {
+        let n = counter.fetch_add(1, Ordering::SeqCst) + 1;
+        if n == 2 {
+            return AppResponse::new(500, "the app failed");
+        }
+        AppResponse::new(200, format!("render {n}")).header("Cache-Control", "max-age=1")
+    });
+    let nginx = site(&mc, &app, "");
+    assert_eq!(http::get(nginx.port(), "/flaky").text(), "render 1");
+    wait_stored(&mc, "/flaky", "render 1");
+    wait_ttl_below(&mc, "/flaky", 30);
+
+    // The winner's render fails: its client gets the app's answer, and the win is
+    // given back (the page is marked stale again, nobody holds it).
+    let r = http::get(nginx.port(), "/flaky");
+    assert_eq!(r.status, 500);
+    // So another request regenerates, and its page is stored.
+    let n = until_regenerated(nginx.port(), "/flaky", "render 1", "render 3");
+    wait_stored(&mc, "/flaky", "render 3");
+    assert_eq!(http::get(nginx.port(), "/flaky").text(), "render 3");
+    let got = statuses(&nginx, 0, 3 + n);
+    assert_eq!(got[..2], ["MISS", "EXPIRED"]);
+    assert_eq!(got[1 + n], "EXPIRED", "{got:?}");
+    assert_eq!(count(&got, "UPDATING"), n - 1, "{got:?}");
+    assert_eq!(got[2 + n], "HIT");
+    assert_eq!(renders.load(Ordering::SeqCst), 3);
+}
+
+#[test]
+fn a_winner_whose_client_goes_away_gives_the_win_back() {
+    let mc = Memcached::start();
+    let renders = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&renders);
+    let app = App::start_with(move |_| {
+        let n = counter.fetch_add(1, Ordering::SeqCst) + 1;
+        if n == 2 {
+            thread::sleep(Duration::from_millis(800));
+        }
+        AppResponse::new(200, format!("render {n}")).header("Cache-Control", "max-age=1")
+    });
+    let nginx = site(&mc, &app, "");
+    assert_eq!(http::get(nginx.port(), "/gone").text(), "render 1");
+    wait_stored(&mc, "/gone", "render 1");
+    wait_ttl_below(&mc, "/gone", 30);
+
+    // The winner's client hangs up while the app renders.
+    let got = http::send_raw(
+        nginx.port(),
+        b"GET /gone HTTP/1.1\r\nHost: x\r\n\r\n",
+        Duration::from_millis(200),
+    )
+    .unwrap_or_default();
+    assert!(
+        got.is_empty(),
+        "no answer yet: {:?}",
+        String::from_utf8_lossy(&got)
+    );
+    until_regenerated(nginx.port(), "/gone", "render 1", "render 3");
+    wait_stored(&mc, "/gone", "render 3");
+}

@@ -69,6 +69,9 @@ pub fn prepare(r: &mut ngx_http_request_t, key: &[u8], replaces: Option<u64>) {
             "rcache: not stored: {}", reason
         );
         variables::set_store(r, StoreStatus::NotCacheable);
+        if replaces.is_some() {
+            client::release(lcf, key);
+        }
         return;
     }
     debug!(
@@ -118,10 +121,18 @@ pub fn refusal(r: &mut ngx_http_request_t, lcf: &LocConf) -> Option<Reason> {
     }
 }
 
-/// The request's pool is going away: free the capture.
+/// The request's pool is going away: free the capture. A regeneration that never got to
+/// its store (the client went away, the fallback failed before answering) gives its win
+/// back.
 unsafe extern "C" fn drop_state(data: *mut c_void) {
     // SAFETY: data is the StoreState written by prepare(), dropped once, here.
-    unsafe { ptr::drop_in_place(data as *mut StoreState) }
+    unsafe {
+        let state = &*(data as *const StoreState);
+        if state.phase != Phase::Done && state.page.replaces.is_some() {
+            client::release(&*state.lcf, state.key());
+        }
+        ptr::drop_in_place(data as *mut StoreState)
+    }
 }
 
 /// The store state of `r`, if it has one.
@@ -200,13 +211,13 @@ fn decide(r: &mut ngx_http_request_t, state: &mut StoreState) {
         Ok(ttl) => ttl,
         Err(reason) => {
             debug!(log(r), "rcache: not stored: {}", reason);
-            variables::set_store(r, StoreStatus::NotCacheable);
+            stop(r, state, StoreStatus::NotCacheable);
             return;
         }
     };
     let length = r.headers_out.content_length_n;
     if length > 0 && length as u64 > lcf.store_max_size as u64 {
-        variables::set_store(r, StoreStatus::TooLarge);
+        stop(r, state, StoreStatus::TooLarge);
         return;
     }
 
@@ -387,12 +398,17 @@ fn copy_chain(r: &mut ngx_http_request_t, state: &mut StoreState, chain: *mut ng
     false
 }
 
-/// Stop copying (the body outgrew `rcache_store_max_size`, or a file could not be
-/// read), free what was copied, record why.
+/// Not storing after all (not cacheable, the body outgrew `rcache_store_max_size`, a file
+/// could not be read): free what was copied, record why, and give a regeneration's win
+/// back.
 fn stop(r: &mut ngx_http_request_t, state: &mut StoreState, status: StoreStatus) -> bool {
     state.phase = Phase::Done;
     state.page.body = Vec::new();
     variables::set_store(r, status);
+    if state.page.replaces.is_some() {
+        // SAFETY: the rcache location's conf, live for the configuration.
+        client::release(unsafe { &*state.lcf }, state.key());
+    }
     false
 }
 

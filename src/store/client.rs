@@ -78,41 +78,72 @@ pub struct Job {
 pub unsafe fn write(r: *mut ngx_http_request_t, lcf: &LocConf, key: &[u8], page: Captured) {
     // SAFETY: per the contract above.
     let req = unsafe { &mut *r };
-    let target = lcf.target;
-    // SAFETY: the target of lcf's upstream, live for the configuration.
-    let Some(peer) = (unsafe { crate::balancer::store_peer((*target).uscf, key) }) else {
-        debug!(cycle_log(), "rcache: store: the key's server is down");
-        variables::set_store(req, StoreStatus::Failed);
-        return;
-    };
     let Some(command) = add_command(lcf, key, &page) else {
         // rcache_max_size bounds the values rcache serves: a page over it would
         // never be a HIT.
         variables::set_store(req, StoreStatus::TooLarge);
+        if page.replaces.is_some() {
+            release(lcf, key);
+        }
         return;
     };
     drop(page);
+    if !start(lcf, key, command, Some(req)) {
+        variables::set_store(req, StoreStatus::Failed);
+    }
+}
 
-    // SAFETY: a pool of the job's own; the cleanup entry is in the request's pool.
-    let (pool, cleanup) = unsafe {
-        (
-            ngx_create_pool(1024, cycle_log()),
-            ngx_pool_cleanup_add(req.pool, 0),
-        )
+/// A request that won the regeneration of `key` but will not store a page (the app's
+/// answer is not cacheable, too large, or the client went away) gives the win back:
+/// `md <key> I` marks the page stale again, so that the next request regenerates it while
+/// the others keep getting the stale page. Does not hold any request.
+pub fn release(lcf: &LocConf, key: &[u8]) {
+    // SAFETY: the location's target lives as long as the configuration.
+    let classic_only = unsafe { lcf.target.as_ref() }.is_some_and(|t| t.classic_only.get());
+    // SAFETY: nginx's shutdown flags, written by this thread.
+    let exiting = unsafe { ngx_terminate != 0 || ngx_exiting != 0 };
+    if !lcf.uses_meta() || classic_only || exiting {
+        return;
+    }
+    let mut command = b"md ".to_vec();
+    command.extend_from_slice(key);
+    command.extend_from_slice(&meta::invalidate_args(None));
+    start(lcf, key, command, None);
+}
+
+/// Starts a job sending `command` about `key` to the key's server, holding `request`
+/// (if any) until memcached has answered. False if it could not start.
+fn start(
+    lcf: &LocConf,
+    key: &[u8],
+    command: Vec<u8>,
+    request: Option<&mut ngx_http_request_t>,
+) -> bool {
+    let target = lcf.target;
+    // SAFETY: the target of lcf's upstream, live for the configuration.
+    let Some(peer) = (unsafe { crate::balancer::store_peer((*target).uscf, key) }) else {
+        debug!(cycle_log(), "rcache: store: the key's server is down");
+        return false;
     };
+
+    // SAFETY: a pool of the job's own.
+    let pool = unsafe { ngx_create_pool(1024, cycle_log()) };
     // SAFETY: NULL or a fresh pool; the Job is written in place before use.
     let job = unsafe { pool.as_mut() }.map_or(ptr::null_mut(), |pool| unsafe {
         ngx_palloc(pool, size_of::<Job>()) as *mut Job
     });
-    // SAFETY: NULL or the cleanup entry just added.
-    let Some(cleanup) = (unsafe { cleanup.as_mut() }).filter(|_| !job.is_null()) else {
+    let cleanup = match &request {
+        // SAFETY: a cleanup entry in the live request's pool.
+        Some(r) => unsafe { ngx_pool_cleanup_add(r.pool, 0) },
+        None => ptr::null_mut(),
+    };
+    if job.is_null() || (request.is_some() && cleanup.is_null()) {
         if !pool.is_null() {
             // SAFETY: the pool just created, with nothing in it yet.
             unsafe { ngx_destroy_pool(pool) };
         }
-        variables::set_store(req, StoreStatus::Failed);
-        return;
-    };
+        return false;
+    }
 
     // SAFETY: a zeroed peer connection is nginx's "nothing set yet".
     let mut pc: ngx_peer_connection_t = unsafe { core::mem::zeroed() };
@@ -123,6 +154,7 @@ pub unsafe fn write(r: *mut ngx_http_request_t, lcf: &LocConf, key: &[u8], page:
     pc.log = cycle_log();
     pc.set_log_error(ngx_connection_log_error_e_NGX_ERROR_ERR);
     pc.tries = 1;
+    let r = request.map_or(ptr::null_mut(), ptr::from_mut);
     let j = Job {
         pool,
         peer: pc,
@@ -144,21 +176,28 @@ pub unsafe fn write(r: *mut ngx_http_request_t, lcf: &LocConf, key: &[u8], page:
     };
     debug!(
         cycle_log(),
-        "rcache: store: add \"{}\" ({} bytes) on memcached {}",
+        "rcache: store: {} \"{}\" ({} bytes) on memcached {}",
+        j.verb(),
         j.key,
         j.command.len(),
         j.server
     );
     // SAFETY: job is fresh memory for a Job in its own pool.
     unsafe { ptr::write(job, j) };
-    cleanup.handler = Some(request_gone);
-    cleanup.data = job.cast();
+    // SAFETY: NULL, or the cleanup entry just added.
+    if let Some(cleanup) = unsafe { cleanup.as_mut() } {
+        cleanup.handler = Some(request_gone);
+        cleanup.data = job.cast();
+    }
     // Keep the request until memcached has answered (see the module doc).
-    // SAFETY: the main request of a live request.
-    let main = unsafe { &mut *req.main };
-    main.set_count(main.count() + 1);
+    // SAFETY: NULL, or the live request; its main request.
+    if let Some(r) = unsafe { r.as_mut() } {
+        let main = unsafe { &mut *r.main };
+        main.set_count(main.count() + 1);
+    }
     // SAFETY: the job just written, without a connection yet.
     unsafe { connect(job) };
+    true
 }
 
 /// `add <key> <flags> <exptime> <bytes>\r\n<stored page>\r\n` (where stale pages are
@@ -362,6 +401,8 @@ unsafe extern "C" fn on_read(ev: *mut ngx_event_t) {
         j.reply.extend_from_slice(&buf[..n as usize]);
         let result = if j.command.starts_with(b"ms ") {
             meta_set_result(&j.reply)
+        } else if j.command.starts_with(b"md ") {
+            release_result(&j.reply)
         } else {
             add_result(&j.reply)
         };
@@ -399,6 +440,18 @@ fn meta_set_result(reply: &[u8]) -> Option<WriteResult> {
             WriteResult::Failed(format!("memcached answered {other:?}"))
         }
         Err(err) if err.to_string().contains("too large") => WriteResult::TooLarge,
+        Err(err) => WriteResult::Failed(err.to_string()),
+    })
+}
+
+/// How the reply to a release's `md ... I` ends it (`Stored`: done); None until complete.
+fn release_result(reply: &[u8]) -> Option<WriteResult> {
+    Some(match meta::parse_meta_reply(reply) {
+        Ok(MetaParsed::NeedLine | MetaParsed::NeedValue { .. }) => return None,
+        Ok(MetaParsed::Complete(MetaReply::Header(_) | MetaReply::NoItem)) => WriteResult::Stored,
+        Ok(MetaParsed::Complete(other)) => {
+            WriteResult::Failed(format!("memcached answered {other:?}"))
+        }
         Err(err) => WriteResult::Failed(err.to_string()),
     })
 }
@@ -464,8 +517,13 @@ fn finish(job: *mut Job, result: WriteResult) {
                 ngx_log_error!(
                     NGX_LOG_ERR,
                     log,
-                    "rcache: storing key \"{}\" on memcached \"{}\" failed: {} (further \
+                    "rcache: {} key \"{}\" on memcached \"{}\" failed: {} (further \
                      failures are not logged until a store succeeds)",
+                    if j.command.starts_with(b"md ") {
+                        "releasing the regeneration of"
+                    } else {
+                        "storing"
+                    },
                     j.key,
                     j.server,
                     why
@@ -494,6 +552,17 @@ fn finish(job: *mut Job, result: WriteResult) {
     unsafe {
         ptr::drop_in_place(job);
         ngx_destroy_pool(pool);
+    }
+}
+
+impl Job {
+    /// What the job does, for the debug log.
+    fn verb(&self) -> &'static str {
+        match self.command.get(..3) {
+            Some(b"md ") => "release",
+            Some(b"ms ") => "ms",
+            _ => "add",
+        }
     }
 }
 
