@@ -221,19 +221,11 @@ fn get_reply<'a>(
     u: &mut ngx_http_upstream_t,
     lookup: &Lookup,
 ) -> Option<Outcome<'a>> {
-    let received = received_bytes(u);
     if let Some(head) = lookup.head.get() {
-        let missing = head.header.len - head.len;
-        return match protocol::parse_value_rest(received, missing, protocol::TRAILER) {
-            Ok(false) => None,
-            Ok(true) => {
-                u.set_keepalive(1);
-                let value = Value::split(head.value(), &received[..missing]);
-                Some(Outcome::Hit(value, head.header.flags))
-            }
-            Err(err) => Some(invalid_reply(r, u, lookup, err)),
-        };
+        let rest = rest_of_value(r, u, lookup, head, protocol::TRAILER)?;
+        return Some(rest.map_or_else(|o| o, |v| Outcome::Hit(v, head.header.flags)));
     }
+    let received = received_bytes(u);
 
     match protocol::parse_reply(received, lookup.key()) {
         Ok(Parsed::NeedLine) => None,
@@ -280,6 +272,27 @@ fn get_reply<'a>(
         }
 
         Err(err) => Some(invalid_reply(r, u, lookup, err)),
+    }
+}
+
+/// The rest of a value read into a second buffer, followed by `trailer`: the whole
+/// value once it is here (None while more is to come), or the ERROR a broken rest is.
+fn rest_of_value<'a>(
+    r: &ngx_http_request_t,
+    u: &mut ngx_http_upstream_t,
+    lookup: &Lookup,
+    head: Head,
+    trailer: &[u8],
+) -> Option<Result<Value<'a>, Outcome<'a>>> {
+    let received = received_bytes(u);
+    let missing = head.header.len - head.len;
+    match protocol::parse_value_rest(received, missing, trailer) {
+        Ok(false) => None,
+        Ok(true) => {
+            u.set_keepalive(1);
+            Some(Ok(Value::split(head.value(), &received[..missing])))
+        }
+        Err(err) => Some(Err(invalid_reply(r, u, lookup, err))),
     }
 }
 
@@ -340,20 +353,11 @@ fn meta_get_reply<'a>(
     u: &mut ngx_http_upstream_t,
     lookup: &Lookup,
 ) -> Option<Outcome<'a>> {
-    let received = received_bytes(u);
     if let Some(head) = lookup.head.get() {
-        let missing = head.header.len - head.len;
-        return match protocol::parse_value_rest(received, missing, protocol::CRLF) {
-            Ok(false) => None,
-            Ok(true) => {
-                u.set_keepalive(1);
-                let value = Value::split(head.value(), &received[..missing]);
-                Some(meta_outcome(r, value, lookup.meta_flags.get()))
-            }
-            Err(err) => Some(invalid_reply(r, u, lookup, err)),
-        };
+        let rest = rest_of_value(r, u, lookup, head, protocol::CRLF)?;
+        return Some(rest.map_or_else(|o| o, |v| meta_outcome(r, v, lookup.meta_flags.get())));
     }
-
+    let received = received_bytes(u);
     match meta::parse_meta_reply(received) {
         Ok(MetaParsed::NeedLine) => None,
 
