@@ -34,7 +34,7 @@ const fn command(
 }
 
 /// The module's directives.
-pub static mut COMMANDS: [ngx_command_t; 23] = [
+pub static mut COMMANDS: [ngx_command_t; 26] = [
     command(
         ngx_string!("rcache_pass"),
         NGX_HTTP_LOC_CONF | NGX_HTTP_LIF_CONF | NGX_CONF_TAKE1,
@@ -166,6 +166,27 @@ pub static mut COMMANDS: [ngx_command_t; 23] = [
         ANY | NGX_CONF_TAKE1,
         ngx_conf_set_sec_slot,
         offset_of!(LocConf, stale),
+        ptr::null_mut(),
+    ),
+    command(
+        ngx_string!("rcache_lock"),
+        ANY | NGX_CONF_FLAG,
+        ngx_conf_set_flag_slot,
+        offset_of!(LocConf, lock),
+        ptr::null_mut(),
+    ),
+    command(
+        ngx_string!("rcache_lock_timeout"),
+        ANY | NGX_CONF_TAKE1,
+        ngx_conf_set_msec_slot,
+        offset_of!(LocConf, lock_timeout),
+        ptr::null_mut(),
+    ),
+    command(
+        ngx_string!("rcache_lock_age"),
+        ANY | NGX_CONF_TAKE1,
+        ngx_conf_set_sec_slot,
+        offset_of!(LocConf, lock_age),
         ptr::null_mut(),
     ),
     ngx_command_t {

@@ -31,6 +31,8 @@ const DEFAULT_KEEPALIVE: ngx_int_t = 64;
 const DEFAULT_MAX_SIZE: usize = 4 * 1024 * 1024;
 const DEFAULT_STORE_MAX_SIZE: usize = 1024 * 1024;
 const DEFAULT_STORE_TTL: time_t = 300;
+const DEFAULT_LOCK_TIMEOUT: ngx_msec_t = 5000;
+const DEFAULT_LOCK_AGE: time_t = 5;
 const DEFAULT_METHODS: ngx_uint_t = (NGX_HTTP_GET | NGX_HTTP_HEAD) as ngx_uint_t;
 
 /// First read from memcached: large enough that a typical page (header line,
@@ -81,6 +83,12 @@ pub struct LocConf {
     pub purge: ngx_int_t,
     /// `rcache_stale`, seconds (0: off).
     pub stale: time_t,
+    /// `rcache_lock`.
+    pub lock: ngx_flag_t,
+    /// `rcache_lock_timeout`.
+    pub lock_timeout: ngx_msec_t,
+    /// `rcache_lock_age`, seconds.
+    pub lock_age: time_t,
 }
 
 /// `rcache_purge` / `rcache_purge hard`: delete the key.
@@ -117,7 +125,12 @@ impl LocConf {
 
     /// Whether lookups use the meta protocol (`mg`): stale pages need it.
     pub fn uses_meta(&self) -> bool {
-        self.stale > 0 || self.purge == PURGE_SOFT
+        self.stale > 0 || self.purge == PURGE_SOFT || self.lock == 1
+    }
+
+    /// `rcache_lock_age` in seconds (at least 1), the regeneration lock's lifetime.
+    pub fn lock_age_secs(&self) -> u32 {
+        u32::try_from(self.lock_age).unwrap_or(1).max(1)
     }
 
     /// `rcache_stale` in seconds, as memcached takes TTLs.
@@ -250,6 +263,9 @@ pub unsafe extern "C" fn create_loc_conf(cf: *mut ngx_conf_t) -> *mut c_void {
     c.store_args = UNSET;
     c.purge = UNSET;
     c.stale = Unset::UNSET;
+    c.lock = UNSET;
+    c.lock_timeout = Unset::UNSET;
+    c.lock_age = Unset::UNSET;
     conf.cast()
 }
 
@@ -339,6 +355,13 @@ pub unsafe extern "C" fn merge_loc_conf(
     let purge_here = conf.purge != UNSET;
     merge(&mut conf.purge, prev.purge, 0);
     merge(&mut conf.stale, prev.stale, 0);
+    merge(&mut conf.lock, prev.lock, 0);
+    merge(
+        &mut conf.lock_timeout,
+        prev.lock_timeout,
+        DEFAULT_LOCK_TIMEOUT,
+    );
+    merge(&mut conf.lock_age, prev.lock_age, DEFAULT_LOCK_AGE);
 
     // rcache_pass here, and still the location's handler (no later *_pass took over).
     let passes_here = matches!(

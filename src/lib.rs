@@ -46,6 +46,7 @@ mod target;
 mod upstream;
 mod value;
 mod variables;
+mod wait;
 
 /// The module's configuration types, for ngx's typed conf lookups
 /// (`HttpRcacheModule::location_conf(r)` and friends).

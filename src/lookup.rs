@@ -55,7 +55,17 @@ pub struct Lookup {
     pub head: Cell<Option<Head>>,
     /// The return flags of an `mg` reply whose value is read in two buffers.
     pub meta_flags: Cell<MetaFlags>,
+    /// Lookups so far that found another request rendering the page (`rcache_lock`).
+    pub waits: Cell<u32>,
+    /// When the first of them was (`ngx_current_msec`).
+    pub waiting_since: Cell<ngx_msec_t>,
+    /// Runs the lookup again on a new upstream (set by the exchange that owns it,
+    /// `upstream::restart`; called by `wait.rs` when a waiter's timer fires).
+    pub restart: Option<Restart>,
 }
+
+/// See [`Lookup::restart`].
+pub type Restart = unsafe fn(*mut ngx_http_request_t) -> ngx::core::Status;
 
 /// The first read of a value larger than it: where the value's first bytes
 /// are, and the buffer that holds them (given back to nginx on a retry).
@@ -78,7 +88,12 @@ impl Head {
 
 impl Lookup {
     /// A lookup of the key at `key` (inside `request`'s buffer).
-    pub fn new(request: *mut ngx_chain_t, key: &[u8], command: Command) -> Lookup {
+    pub fn new(
+        request: *mut ngx_chain_t,
+        key: &[u8],
+        command: Command,
+        restart: Restart,
+    ) -> Lookup {
         Lookup {
             request,
             key: key.as_ptr(),
@@ -86,6 +101,9 @@ impl Lookup {
             command,
             head: Cell::new(None),
             meta_flags: Cell::new(MetaFlags::default()),
+            waits: Cell::new(0),
+            waiting_since: Cell::new(0),
+            restart: Some(restart),
         }
     }
 

@@ -184,14 +184,20 @@ fn malformed(line: &[u8]) -> ProtocolError {
 pub struct Get {
     /// `R<ttl>`: win the right to recache once fewer than `ttl` seconds are left.
     pub recache: Option<u32>,
+    /// `N<ttl>`: on a miss, create an empty placeholder for `ttl` seconds and win it.
+    pub vivify: Option<u32>,
 }
 
-/// What follows the key in `mg <key> v f t c [R<ttl>]\r\n`: the value with its flags,
+/// What follows the key in `mg <key> v f t c [R<ttl>] [N<ttl>]\r\n`: the value with its flags,
 /// TTL and CAS.
 pub fn get_args(get: Get) -> Args {
     let mut args = Args::new(b" v f t c");
     if let Some(ttl) = get.recache {
         args.push(b" R");
+        args.push_number(ttl);
+    }
+    if let Some(ttl) = get.vivify {
+        args.push(b" N");
         args.push_number(ttl);
     }
     args.push(CRLF);
@@ -460,14 +466,12 @@ mod tests {
     #[test]
     fn commands() {
         assert_eq!(&*get_args(Get::default()), b" v f t c\r\n");
-        assert_eq!(&*get_args(Get { recache: Some(30) }), b" v f t c R30\r\n");
-        assert_eq!(
-            &*get_args(Get {
-                recache: Some(u32::MAX)
-            }),
-            b" v f t c R4294967295\r\n"
-        );
-        assert_eq!(&*get_args(Get { recache: Some(0) }), b" v f t c R0\r\n");
+        let get = |recache, vivify| get_args(Get { recache, vivify });
+        assert_eq!(&*get(Some(30), None), b" v f t c R30\r\n");
+        assert_eq!(&*get(Some(u32::MAX), None), b" v f t c R4294967295\r\n");
+        assert_eq!(&*get(Some(0), None), b" v f t c R0\r\n");
+        assert_eq!(&*get(None, Some(5)), b" v f t c N5\r\n");
+        assert_eq!(&*get(Some(30), Some(5)), b" v f t c R30 N5\r\n");
         assert_eq!(
             set_command(b"/p", 5, 16, 330, None),
             b"ms /p 5 F16 T330 ME\r\n"

@@ -23,6 +23,11 @@ pub enum Outcome<'a> {
     Updating(Value<'a>, u32),
     /// memcached has no value for the key: a MISS that `rcache_store` may fill.
     Absent,
+    /// No page, and this request won the lock (`rcache_lock`): a MISS whose page replaces
+    /// the placeholder named by `cas`.
+    LockWon { cas: u64 },
+    /// No page yet: another request holds the lock and is rendering it.
+    Wait,
     /// memcached was asked, but its answer is not served.
     NotServed(Verdict),
     /// A purge: deleted or not there, or why memcached could not be asked.

@@ -27,6 +27,7 @@ use crate::store;
 use crate::store::page::{self, STORED_FLAG};
 use crate::value::Value;
 use crate::variables::{self, CacheStatus};
+use crate::wait;
 use crate::HttpRcacheModule;
 
 /// Answers the outcome of `r`'s lookup. Returns the rc to finalize `r` with.
@@ -63,6 +64,17 @@ pub unsafe fn answer(r: *mut ngx_http_request_t, outcome: Outcome) -> Status {
             }
             fall_back(r, Verdict::Miss)
         }
+        Outcome::LockWon { cas } => {
+            if let Some(key) = key {
+                store::capture::prepare(r, key, Some(cas));
+            }
+            fall_back(r, Verdict::Miss)
+        }
+        Outcome::Wait => match wait::again(r) {
+            Some(rc) => rc,
+            // Waited rcache_lock_timeout: to the fallback itself, not stored.
+            None => fall_back(r, Verdict::Miss),
+        },
         Outcome::NotServed(verdict) => fall_back(r, verdict),
         Outcome::Purged(result) => answer_purge(r, result),
     }

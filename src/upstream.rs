@@ -69,6 +69,7 @@ pub fn prepare<'a>(
         let may_regenerate = lcf.store != 1 || store::capture::refusal(r, lcf).is_none();
         let get = meta::Get {
             recache: stale.filter(|_| may_regenerate),
+            vivify: (lcf.lock == 1 && may_regenerate).then(|| lcf.lock_age_secs()),
         };
         (Command::MetaGet, &b"mg "[..], meta::get_args(get))
     } else {
@@ -99,10 +100,31 @@ pub fn prepare<'a>(
         (*b).last = (*b).start.add(len);
         (*cl).buf = b;
         (*cl).next = ptr::null_mut();
-        ptr::write(lookup, Lookup::new(cl, key, command));
+        ptr::write(lookup, Lookup::new(cl, key, command, restart));
     }
     Lookup::set(r, lookup);
     Lookup::of(r).map(|l| l.key())
+}
+
+/// Asks memcached again for the key of a request that waited for another request's
+/// page (`rcache_lock`): the same command, on a new upstream.
+///
+/// # Safety
+/// `r` must be a live request whose previous lookup has finished, holding a reference.
+pub unsafe fn restart(r: *mut ngx_http_request_t) -> Status {
+    // SAFETY: per the contract above.
+    if let Some(lookup) = Lookup::of(unsafe { &*r }) {
+        lookup.head.set(None);
+        lookup.meta_flags.set(MetaFlags::default());
+        // The command was sent: rewind its buffer (as nginx does for a retry).
+        // SAFETY: the lookup's one-buffer chain, in the request's pool.
+        unsafe {
+            let b = (*lookup.request).buf;
+            (*b).pos = (*b).start;
+        }
+    }
+    // SAFETY: as start().
+    unsafe { start(r) }
 }
 
 /// Asks memcached for the key [`prepare`]d. Returns what the content handler
@@ -449,7 +471,16 @@ fn meta_outcome<'a>(r: &ngx_http_request_t, value: Value<'a>, flags: MetaFlags) 
         },
         if flags.stale { ", stale" } else { "" }
     );
-    if flags.win {
+    // An empty value with flags 0 that someone won is a lock's placeholder (`mg ... N`),
+    // never a page.
+    let placeholder = value.len() == 0 && client_flags == 0 && (flags.win || flags.won_already);
+    if placeholder && flags.win {
+        Outcome::LockWon {
+            cas: flags.cas.unwrap_or(0),
+        }
+    } else if placeholder {
+        Outcome::Wait
+    } else if flags.win {
         Outcome::Expired {
             value,
             flags: client_flags,

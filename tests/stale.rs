@@ -393,7 +393,8 @@ fn bad_values_fail_nginx_t_naming_the_directive() {
     let check = Nginx::builder()
         .http(
             "server { listen 127.0.0.1:{port};
-               location / { rcache_pass 127.0.0.1:1; rcache_stale 1m; rcache_purge hard; }
+               location / { rcache_pass 127.0.0.1:1; rcache_stale 1m; rcache_purge hard;
+                            rcache_lock on; rcache_lock_timeout 2s; rcache_lock_age 10s; }
                location /s/ { rcache_pass 127.0.0.1:1; rcache_purge soft; } }",
         )
         .check_config();
@@ -580,4 +581,114 @@ fn a_winner_whose_client_goes_away_gives_the_win_back() {
     );
     until_regenerated(nginx.port(), "/gone", "render 1", "render 3");
     wait_stored(&mc, "/gone", "render 3");
+}
+
+/// `n` clients at once on `path`; returns (status, body, seconds) of each.
+fn timed_herd(port: u16, path: &str, n: usize) -> Vec<(u16, String, f64)> {
+    let barrier = Arc::new(Barrier::new(n));
+    let threads: Vec<_> = (0..n)
+        .map(|_| {
+            let barrier = Arc::clone(&barrier);
+            let path = path.to_string();
+            thread::spawn(move || {
+                barrier.wait();
+                let t0 = std::time::Instant::now();
+                let r = http::get(port, &path);
+                (r.status, r.text(), t0.elapsed().as_secs_f64())
+            })
+        })
+        .collect();
+    threads
+        .into_iter()
+        .map(|t| t.join().expect("client"))
+        .collect()
+}
+
+#[test]
+fn with_rcache_lock_a_cold_page_is_rendered_once_and_the_waiters_get_it_at_once() {
+    let mc = Memcached::start();
+    let (app, renders) = slow_app(60);
+    let nginx = site(&mc, &app, "rcache_lock on;");
+    let got = timed_herd(nginx.port(), "/cold", 20);
+    assert_eq!(
+        renders.load(Ordering::SeqCst),
+        1,
+        "one render for the cold page"
+    );
+    for (status, body, secs) in &got {
+        assert_eq!((*status, body.as_str()), (200, "render 1"));
+        // One render (0.3 s) plus at most one 50 ms pause, with room for a busy machine;
+        // not a 500 ms poll.
+        assert!(*secs < 0.3 + 0.25, "a waiter took {secs:.3} s");
+    }
+    let statuses = statuses(&nginx, 0, 20);
+    assert_eq!(count(&statuses, "MISS"), 1, "{statuses:?}");
+    assert_eq!(count(&statuses, "HIT"), 19, "{statuses:?}");
+    // The placeholder was replaced by the page, never served: every body was the page.
+    let (stored, flags) = mc.get_raw("/cold").unwrap();
+    assert!(
+        !stored.is_empty() && flags != 0,
+        "the page (rcache's stored form), not the placeholder"
+    );
+}
+
+#[test]
+fn a_waiter_past_rcache_lock_timeout_goes_to_the_fallback_itself_and_is_not_stored() {
+    let mc = Memcached::start();
+    let renders = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&renders);
+    let app = App::start_with(move |_| {
+        let n = counter.fetch_add(1, Ordering::SeqCst) + 1;
+        thread::sleep(Duration::from_millis(700));
+        AppResponse::new(200, format!("render {n}")).header("Cache-Control", "max-age=60")
+    });
+    let nginx = site(&mc, &app, "rcache_lock on; rcache_lock_timeout 200ms;");
+    let got = timed_herd(nginx.port(), "/slow", 5);
+    assert_eq!(
+        renders.load(Ordering::SeqCst),
+        5,
+        "each waiter rendered after 200 ms"
+    );
+    for (status, _, secs) in &got {
+        assert_eq!(*status, 200);
+        assert!(*secs < 0.2 + 0.7 + 0.4, "{secs:.3} s");
+    }
+    let statuses = statuses(&nginx, 0, 5);
+    assert_eq!(count(&statuses, "MISS"), 5, "{statuses:?}");
+    // Only the lock's holder stored its page.
+    wait_stored(&mc, "/slow", "render");
+    let stored = String::from_utf8_lossy(&mc.get_raw("/slow").unwrap().0).into_owned();
+    let winner = got.iter().map(|(_, b, _)| b.clone()).collect::<Vec<_>>();
+    assert!(
+        winner.iter().any(|b| stored.contains(b.as_str())),
+        "{stored:?} {winner:?}"
+    );
+}
+
+#[test]
+fn when_the_lock_holder_fails_a_waiter_takes_the_lock_and_the_others_get_its_page() {
+    let mc = Memcached::start();
+    let renders = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&renders);
+    let app = App::start_with(move |_| {
+        let n = counter.fetch_add(1, Ordering::SeqCst) + 1;
+        thread::sleep(RENDER);
+        if n == 1 {
+            return AppResponse::new(500, "the app failed");
+        }
+        AppResponse::new(200, format!("render {n}")).header("Cache-Control", "max-age=60")
+    });
+    let nginx = site(&mc, &app, "rcache_lock on;");
+    let got = timed_herd(nginx.port(), "/fragile", 10);
+    assert_eq!(
+        renders.load(Ordering::SeqCst),
+        2,
+        "the failed render, then one more"
+    );
+    let failed = got.iter().filter(|(s, _, _)| *s == 500).count();
+    let served = got
+        .iter()
+        .filter(|(s, b, _)| *s == 200 && b == "render 2")
+        .count();
+    assert_eq!((failed, served), (1, 9), "{got:?}");
 }
