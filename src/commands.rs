@@ -34,7 +34,7 @@ const fn command(
 }
 
 /// The module's directives.
-pub static mut COMMANDS: [ngx_command_t; 26] = [
+pub static mut COMMANDS: [ngx_command_t; 27] = [
     command(
         ngx_string!("rcache_pass"),
         NGX_HTTP_LOC_CONF | NGX_HTTP_LIF_CONF | NGX_CONF_TAKE1,
@@ -187,6 +187,13 @@ pub static mut COMMANDS: [ngx_command_t; 26] = [
         ANY | NGX_CONF_TAKE1,
         ngx_conf_set_sec_slot,
         offset_of!(LocConf, lock_age),
+        ptr::null_mut(),
+    ),
+    command(
+        ngx_string!("rcache_hit_for_pass"),
+        ANY | NGX_CONF_TAKE1,
+        ngx_conf_set_sec_slot,
+        offset_of!(LocConf, hit_for_pass),
         ptr::null_mut(),
     ),
     ngx_command_t {

@@ -33,6 +33,7 @@ const DEFAULT_STORE_MAX_SIZE: usize = 1024 * 1024;
 const DEFAULT_STORE_TTL: time_t = 300;
 const DEFAULT_LOCK_TIMEOUT: ngx_msec_t = 5000;
 const DEFAULT_LOCK_AGE: time_t = 5;
+const DEFAULT_HIT_FOR_PASS: time_t = 30;
 const DEFAULT_METHODS: ngx_uint_t = (NGX_HTTP_GET | NGX_HTTP_HEAD) as ngx_uint_t;
 
 /// First read from memcached: large enough that a typical page (header line,
@@ -89,6 +90,8 @@ pub struct LocConf {
     pub lock_timeout: ngx_msec_t,
     /// `rcache_lock_age`, seconds.
     pub lock_age: time_t,
+    /// `rcache_hit_for_pass`, seconds (0: no marker).
+    pub hit_for_pass: time_t,
 }
 
 /// `rcache_purge` / `rcache_purge hard`: delete the key.
@@ -266,6 +269,7 @@ pub unsafe extern "C" fn create_loc_conf(cf: *mut ngx_conf_t) -> *mut c_void {
     c.lock = UNSET;
     c.lock_timeout = Unset::UNSET;
     c.lock_age = Unset::UNSET;
+    c.hit_for_pass = Unset::UNSET;
     conf.cast()
 }
 
@@ -362,6 +366,11 @@ pub unsafe extern "C" fn merge_loc_conf(
         DEFAULT_LOCK_TIMEOUT,
     );
     merge(&mut conf.lock_age, prev.lock_age, DEFAULT_LOCK_AGE);
+    merge(
+        &mut conf.hit_for_pass,
+        prev.hit_for_pass,
+        DEFAULT_HIT_FOR_PASS,
+    );
 
     // rcache_pass here, and still the location's handler (no later *_pass took over).
     let passes_here = matches!(

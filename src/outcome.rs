@@ -28,6 +28,9 @@ pub enum Outcome<'a> {
     LockWon { cas: u64 },
     /// No page yet: another request holds the lock and is rendering it.
     Wait,
+    /// The key carries a hit-for-pass marker (its response was not cacheable): straight to
+    /// the fallback, whose response replaces the marker (`cas`) if it is cacheable now.
+    Pass { cas: u64 },
     /// memcached was asked, but its answer is not served.
     NotServed(Verdict),
     /// A purge: deleted or not there, or why memcached could not be asked.
@@ -46,6 +49,8 @@ pub enum Verdict {
     Error(Failure),
     /// This request regenerates an expired or soft-purged page.
     Expired,
+    /// The key's response was not cacheable lately (`rcache_hit_for_pass`).
+    Pass,
 }
 
 impl Verdict {
@@ -53,7 +58,9 @@ impl Verdict {
     /// `memcached_pass`, so that `error_page` can take over.
     pub fn status_without_fallback(self) -> Status {
         match self {
-            Verdict::Bypass | Verdict::Miss | Verdict::Expired => HTTPStatus::NOT_FOUND.into(),
+            Verdict::Bypass | Verdict::Miss | Verdict::Expired | Verdict::Pass => {
+                HTTPStatus::NOT_FOUND.into()
+            }
             Verdict::Error(failure) => failure.status(),
         }
     }

@@ -70,6 +70,12 @@ pub unsafe fn answer(r: *mut ngx_http_request_t, outcome: Outcome) -> Status {
             }
             fall_back(r, Verdict::Miss)
         }
+        Outcome::Pass { cas } => {
+            if let Some(key) = key {
+                store::capture::prepare_over_marker(r, key, cas);
+            }
+            fall_back(r, Verdict::Pass)
+        }
         Outcome::Wait => match wait::again(r) {
             Some(rc) => rc,
             // Waited rcache_lock_timeout: to the fallback itself, not stored.
@@ -259,6 +265,7 @@ fn cache_status(verdict: Verdict) -> CacheStatus {
         Verdict::Miss => CacheStatus::Miss,
         Verdict::Error(_) => CacheStatus::Error,
         Verdict::Expired => CacheStatus::Expired,
+        Verdict::Pass => CacheStatus::Pass,
     }
 }
 

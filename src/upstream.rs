@@ -32,6 +32,7 @@ use crate::outcome::{Failure, Outcome, Verdict};
 use crate::protocol::{self, LineReply, Parsed, ProtocolError, ValueHeader};
 use crate::respond;
 use crate::store;
+use crate::store::page::PASS_FLAG;
 use crate::value::{self, Value};
 use crate::HttpRcacheModule;
 
@@ -422,6 +423,15 @@ fn meta_get_reply<'a>(
         })) => {
             record_status(u, NGX_HTTP_OK);
             u.set_keepalive(1);
+            if len == 0 && flags.client_flags == Some(PASS_FLAG) {
+                debug!(
+                    log(r),
+                    "rcache: hit-for-pass marker: straight to the fallback"
+                );
+                return Some(Outcome::Pass {
+                    cas: flags.cas.unwrap_or(0),
+                });
+            }
             let header = value_header(flags, line_len, len);
             Some(match servable(r, &header, lookup.key()) {
                 Err(verdict) => Outcome::NotServed(verdict),

@@ -33,6 +33,8 @@ pub enum CacheStatus {
     Expired,
     /// A stale page served because nothing can regenerate it (no `rcache_fallback`).
     Stale,
+    /// The key's response was not cacheable lately: to the fallback (`rcache_hit_for_pass`).
+    Pass,
 }
 
 impl core::fmt::Display for CacheStatus {
@@ -52,6 +54,7 @@ impl CacheStatus {
             CacheStatus::Updating => b"UPDATING",
             CacheStatus::Expired => b"EXPIRED",
             CacheStatus::Stale => b"STALE",
+            CacheStatus::Pass => b"PASS",
         }
     }
 }
@@ -170,7 +173,7 @@ pub fn set_store(r: &mut ngx_http_request_t, status: StoreStatus) {
     }
 }
 
-/// Whether rcache recorded a MISS or an EXPIRED for `r`: the requests whose response
+/// Whether rcache recorded a MISS, EXPIRED or PASS for `r`: the requests whose response
 /// may be stored (a cheap test for the store filters).
 pub fn status_may_store(r: &ngx_http_request_t) -> bool {
     let Some(index) = indexes_of(r).and_then(|ix| usize::try_from(ix.status).ok()) else {
@@ -180,7 +183,8 @@ pub fn status_may_store(r: &ngx_http_request_t) -> bool {
     let v = unsafe { &*r.variables.add(index) };
     v.valid() != 0
         && (ptr::eq(v.data, CacheStatus::Miss.as_bytes().as_ptr())
-            || ptr::eq(v.data, CacheStatus::Expired.as_bytes().as_ptr()))
+            || ptr::eq(v.data, CacheStatus::Expired.as_bytes().as_ptr())
+            || ptr::eq(v.data, CacheStatus::Pass.as_bytes().as_ptr()))
 }
 
 /// Writes `bytes` as the value of variable `index` of `r`.

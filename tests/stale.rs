@@ -394,7 +394,8 @@ fn bad_values_fail_nginx_t_naming_the_directive() {
         .http(
             "server { listen 127.0.0.1:{port};
                location / { rcache_pass 127.0.0.1:1; rcache_stale 1m; rcache_purge hard;
-                            rcache_lock on; rcache_lock_timeout 2s; rcache_lock_age 10s; }
+                            rcache_lock on; rcache_lock_timeout 2s; rcache_lock_age 10s;
+                            rcache_hit_for_pass 1m; }
                location /s/ { rcache_pass 127.0.0.1:1; rcache_purge soft; } }",
         )
         .check_config();
@@ -691,4 +692,71 @@ fn when_the_lock_holder_fails_a_waiter_takes_the_lock_and_the_others_get_its_pag
         .filter(|(s, b, _)| *s == 200 && b == "render 2")
         .count();
     assert_eq!((failed, served), (1, 9), "{got:?}");
+}
+
+#[test]
+fn an_uncacheable_page_under_rcache_lock_is_marked_hit_for_pass_and_nobody_queues() {
+    use std::sync::atomic::AtomicBool;
+    let mc = Memcached::start();
+    let renders = Arc::new(AtomicUsize::new(0));
+    let cacheable = Arc::new(AtomicBool::new(false));
+    let (counter, switch) = (Arc::clone(&renders), Arc::clone(&cacheable));
+    let app = App::start_with(move |_| {
+        let n = counter.fetch_add(1, Ordering::SeqCst) + 1;
+        thread::sleep(RENDER);
+        let r = AppResponse::new(200, format!("render {n}"));
+        if switch.load(Ordering::SeqCst) {
+            r.header("Cache-Control", "max-age=60")
+        } else {
+            r.header("Set-Cookie", "session=1")
+        }
+    });
+    let nginx = site(&mc, &app, "rcache_lock on;");
+    let got = timed_herd(nginx.port(), "/personal", 10);
+    assert_eq!(
+        renders.load(Ordering::SeqCst),
+        10,
+        "everyone went to the app"
+    );
+    for (status, _, secs) in &got {
+        assert_eq!(*status, 200);
+        // The lock holder's render, then everyone else's in parallel: about two renders,
+        // not ten one after the other.
+        assert!(
+            *secs < 3.0 * RENDER.as_secs_f64() + 0.3,
+            "{secs:.3} s: requests queued"
+        );
+    }
+    let first = statuses(&nginx, 0, 10);
+    assert_eq!(count(&first, "MISS"), 1, "{first:?}");
+    assert_eq!(count(&first, "PASS"), 9, "{first:?}");
+    let (marker, flags) = mc.get_raw("/personal").expect("the marker");
+    assert!(marker.is_empty() && flags == 1 << 25, "{marker:?} {flags}");
+    let ttl = mc.ttl("/personal").unwrap();
+    assert!(
+        (28..=30).contains(&ttl),
+        "rcache_hit_for_pass 30s by default: {ttl}"
+    );
+
+    // Once the response is cacheable again, it replaces the marker.
+    cacheable.store(true, Ordering::SeqCst);
+    let r = http::get(nginx.port(), "/personal");
+    assert_eq!(r.status, 200);
+    wait_stored(&mc, "/personal", "render 11");
+    assert_eq!(http::get(nginx.port(), "/personal").text(), "render 11");
+    assert_eq!(statuses(&nginx, 10, 2), ["PASS", "HIT"]);
+}
+
+#[test]
+fn rcache_hit_for_pass_0_gives_the_lock_back_instead() {
+    let mc = Memcached::start();
+    let app = App::start_with(|_| AppResponse::new(200, "personal").header("Set-Cookie", "a=1"));
+    let nginx = site(&mc, &app, "rcache_lock on; rcache_hit_for_pass 0;");
+    assert_eq!(http::get(nginx.port(), "/p").text(), "personal");
+    thread::sleep(Duration::from_millis(200));
+    // No marker: the placeholder was marked stale for the next request to take.
+    let (value, flags) = mc.get_raw("/p").expect("the placeholder");
+    assert!(value.is_empty() && flags == 0, "{value:?} {flags}");
+    assert_eq!(http::get(nginx.port(), "/p").text(), "personal");
+    assert_eq!(statuses(&nginx, 0, 2), ["MISS", "MISS"]);
 }

@@ -56,6 +56,16 @@ impl StoreState {
 /// `rcache_store` is on and the request may be stored. Called in the rcache location,
 /// before the redirect to the fallback; `key` lives in `r`'s pool.
 pub fn prepare(r: &mut ngx_http_request_t, key: &[u8], replaces: Option<u64>) {
+    start(r, key, replaces, false);
+}
+
+/// At a PASS: capture the fallback's response in case it is cacheable now; it then
+/// replaces the hit-for-pass marker `cas` names.
+pub fn prepare_over_marker(r: &mut ngx_http_request_t, key: &[u8], cas: u64) {
+    start(r, key, Some(cas), true);
+}
+
+fn start(r: &mut ngx_http_request_t, key: &[u8], replaces: Option<u64>, over_marker: bool) {
     let Some(lcf) = HttpRcacheModule::location_conf(r) else {
         return;
     };
@@ -69,7 +79,7 @@ pub fn prepare(r: &mut ngx_http_request_t, key: &[u8], replaces: Option<u64>) {
             "rcache: not stored: {}", reason
         );
         variables::set_store(r, StoreStatus::NotCacheable);
-        if replaces.is_some() {
+        if replaces.is_some() && !over_marker {
             client::release(lcf, key);
         }
         return;
@@ -96,6 +106,7 @@ pub fn prepare(r: &mut ngx_http_request_t, key: &[u8], replaces: Option<u64>) {
                 phase: Phase::Headers,
                 page: Captured {
                     replaces,
+                    over_marker,
                     ..Captured::default()
                 },
             },
@@ -128,7 +139,7 @@ unsafe extern "C" fn drop_state(data: *mut c_void) {
     // SAFETY: data is the StoreState written by prepare(), dropped once, here.
     unsafe {
         let state = &*(data as *const StoreState);
-        if state.phase != Phase::Done && state.page.replaces.is_some() {
+        if state.phase != Phase::Done && state.page.replaces.is_some() && !state.page.over_marker {
             client::release(&*state.lcf, state.key());
         }
         ptr::drop_in_place(data as *mut StoreState)
@@ -211,7 +222,8 @@ fn decide(r: &mut ngx_http_request_t, state: &mut StoreState) {
         Ok(ttl) => ttl,
         Err(reason) => {
             debug!(log(r), "rcache: not stored: {}", reason);
-            stop(r, state, StoreStatus::NotCacheable);
+            let failed = reason == Reason::Status && facts.status >= 500;
+            stop_after(r, state, StoreStatus::NotCacheable, failed);
             return;
         }
     };
@@ -402,12 +414,31 @@ fn copy_chain(r: &mut ngx_http_request_t, state: &mut StoreState, chain: *mut ng
 /// could not be read): free what was copied, record why, and give a regeneration's win
 /// back.
 fn stop(r: &mut ngx_http_request_t, state: &mut StoreState, status: StoreStatus) -> bool {
+    stop_after(r, state, status, status == StoreStatus::Failed)
+}
+
+/// [`stop`]; `failed`: the response is an error (a 5xx, a file that could not be read),
+/// not a page that is not cacheable: a won regeneration or lock is given back rather
+/// than the key marked hit-for-pass, so that the site stays up on the stale page.
+fn stop_after(
+    r: &mut ngx_http_request_t,
+    state: &mut StoreState,
+    status: StoreStatus,
+    failed: bool,
+) -> bool {
     state.phase = Phase::Done;
     state.page.body = Vec::new();
     variables::set_store(r, status);
-    if state.page.replaces.is_some() {
-        // SAFETY: the rcache location's conf, live for the configuration.
-        client::release(unsafe { &*state.lcf }, state.key());
+    // SAFETY: the rcache location's conf, live for the configuration.
+    let lcf = unsafe { &*state.lcf };
+    match state.page.replaces {
+        // A hit-for-pass marker stays (the response is still not cacheable).
+        _ if state.page.over_marker => {}
+        // Won, but the response will never be the page: mark the key hit-for-pass.
+        Some(cas) if !failed => client::mark_pass(lcf, state.key(), cas),
+        // Won, but this response failed: give the win back.
+        Some(_) => client::release(lcf, state.key()),
+        None => {}
     }
     false
 }

@@ -22,7 +22,7 @@ use ngx::core::Status;
 use ngx::ffi::*;
 use ngx::ngx_log_error;
 
-use super::page::{self, STORED_FLAG};
+use super::page::{self, PASS_FLAG, STORED_FLAG};
 use super::policy;
 use crate::conf::LocConf;
 use crate::meta::{self, MetaParsed, MetaReply};
@@ -44,6 +44,8 @@ pub struct Captured {
     /// `ms ... C<cas>`, so a page the app wrote meanwhile is kept. None: a MISS's page,
     /// written only if the key has none.
     pub replaces: Option<u64>,
+    /// The item replaced is a hit-for-pass marker (not a win to give back).
+    pub over_marker: bool,
 }
 
 /// One write in flight.
@@ -82,8 +84,8 @@ pub unsafe fn write(r: *mut ngx_http_request_t, lcf: &LocConf, key: &[u8], page:
         // rcache_max_size bounds the values rcache serves: a page over it would
         // never be a HIT.
         variables::set_store(req, StoreStatus::TooLarge);
-        if page.replaces.is_some() {
-            release(lcf, key);
+        if let (Some(cas), false) = (page.replaces, page.over_marker) {
+            mark_pass(lcf, key, cas);
         }
         return;
     };
@@ -108,6 +110,25 @@ pub fn release(lcf: &LocConf, key: &[u8]) {
     let mut command = b"md ".to_vec();
     command.extend_from_slice(key);
     command.extend_from_slice(&meta::invalidate_args(None));
+    start(lcf, key, command, None);
+}
+
+/// A request that won the regeneration or the lock of `key` got a response that is not
+/// cacheable: mark the key (`rcache_hit_for_pass`) so that its requests go straight to the
+/// app instead of waiting for a page that will not come; replaces the item `cas` names.
+/// Without `rcache_hit_for_pass` (0), the win is given back instead.
+pub fn mark_pass(lcf: &LocConf, key: &[u8], cas: u64) {
+    let Ok(ttl @ 1..) = u64::try_from(lcf.hit_for_pass) else {
+        return release(lcf, key);
+    };
+    // SAFETY: as in release().
+    let classic_only = unsafe { lcf.target.as_ref() }.is_some_and(|t| t.classic_only.get());
+    let exiting = unsafe { ngx_terminate != 0 || ngx_exiting != 0 };
+    if !lcf.uses_meta() || classic_only || exiting {
+        return;
+    }
+    let mut command = meta::set_command(key, 0, PASS_FLAG, ttl, Some(cas));
+    command.extend_from_slice(protocol::CRLF);
     start(lcf, key, command, None);
 }
 

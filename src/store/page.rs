@@ -18,6 +18,10 @@
 /// The memcached flag bit of pages rcache stored: bit 24 (16777216).
 pub const STORED_FLAG: u32 = 1 << 24;
 
+/// The flag of rcache's hit-for-pass marker (`rcache_hit_for_pass`): an empty value that
+/// says "this page's response is not cacheable: go straight to the app".
+pub const PASS_FLAG: u32 = 1 << 25;
+
 const MAGIC: &[u8] = b"RCACHE/1\r\n";
 
 /// The response headers a stored page keeps, in the case they are written back.
