@@ -131,6 +131,13 @@ impl LocConf {
         self.stale > 0 || self.purge == PURGE_SOFT || self.lock == 1
     }
 
+    /// Whether this location's commands go out in the meta protocol right now: it uses
+    /// it, and this worker has not found its upstream without it (see `Target`).
+    pub fn meta_now(&self) -> bool {
+        // SAFETY: NULL or the location's target, live for the configuration.
+        self.uses_meta() && !unsafe { self.target.as_ref() }.is_some_and(|t| t.classic_only.get())
+    }
+
     /// `rcache_lock_age` in seconds (at least 1), the regeneration lock's lifetime.
     pub fn lock_age_secs(&self) -> u32 {
         u32::try_from(self.lock_age).unwrap_or(1).max(1)

@@ -47,11 +47,10 @@ pub fn prepare<'a>(
     purge: bool,
 ) -> Option<&'a [u8]> {
     let lcf = HttpRcacheModule::location_conf(r)?;
-    // SAFETY: the location's target lives as long as the configuration.
-    let classic_only = unsafe { lcf.target.as_ref() }.is_some_and(|t| t.classic_only.get());
+    let meta = lcf.meta_now();
     let stale = (lcf.stale_secs() > 0).then_some(lcf.stale_secs());
     let (command, prefix, suffix) = if purge {
-        if lcf.purge == PURGE_SOFT && !classic_only {
+        if lcf.purge == PURGE_SOFT && meta {
             (
                 Command::Invalidate,
                 &b"md "[..],
@@ -64,7 +63,7 @@ pub fn prepare<'a>(
                 meta::Args::new(protocol::CRLF),
             )
         }
-    } else if lcf.uses_meta() && !classic_only {
+    } else if meta {
         // Only a request whose response can become the new page takes the win: a HEAD,
         // or a query string rcache_store would not store, would use it up for nothing.
         let may_regenerate = lcf.store != 1 || store::capture::refusal(r, lcf).is_none();
@@ -254,20 +253,10 @@ fn get_reply<'a>(
         Ok(Parsed::NeedLine) => None,
 
         Ok(Parsed::NeedValue { header, reply_len }) => {
-            record_status(u, NGX_HTTP_OK);
-            if let Err(verdict) = servable(r, &header, lookup.key()) {
-                // The value is not read: the connection is not reusable.
-                return Some(Outcome::NotServed(verdict));
-            }
-            if !make_room(
-                r.pool,
-                &mut u.buffer,
-                lookup,
-                header,
-                reply_len,
-                protocol::TRAILER.len(),
-            ) {
-                return Some(Outcome::NotServed(Verdict::Error(Failure::Error)));
+            if let Some(not_served) =
+                read_rest(r, u, lookup, header, reply_len, protocol::TRAILER.len())
+            {
+                return Some(not_served);
             }
             debug!(
                 log(r),
@@ -296,6 +285,34 @@ fn get_reply<'a>(
 
         Err(err) => Some(invalid_reply(r, u, lookup, err)),
     }
+}
+
+/// A value reply whose value has not all arrived: checks that it is servable and makes
+/// room for the rest (`trailer_len` bytes follow the value). None: read on; otherwise
+/// why it is not served (the value is not read, so the connection is not reused).
+fn read_rest<'a>(
+    r: &ngx_http_request_t,
+    u: &mut ngx_http_upstream_t,
+    lookup: &Lookup,
+    header: ValueHeader,
+    reply_len: usize,
+    trailer_len: usize,
+) -> Option<Outcome<'a>> {
+    record_status(u, NGX_HTTP_OK);
+    if let Err(verdict) = servable(r, &header, lookup.key()) {
+        return Some(Outcome::NotServed(verdict));
+    }
+    if !make_room(
+        r.pool,
+        &mut u.buffer,
+        lookup,
+        header,
+        reply_len,
+        trailer_len,
+    ) {
+        return Some(Outcome::NotServed(Verdict::Error(Failure::Error)));
+    }
+    None
 }
 
 /// The rest of a value read into a second buffer, followed by `trailer`: the whole
@@ -390,23 +407,9 @@ fn meta_get_reply<'a>(
             len,
             reply_len,
         }) => {
-            record_status(u, NGX_HTTP_OK);
-            let header = value_header(flags, line_len, len);
-            if let Err(verdict) = servable(r, &header, lookup.key()) {
-                return Some(Outcome::NotServed(verdict));
-            }
             lookup.meta_flags.set(flags);
-            if !make_room(
-                r.pool,
-                &mut u.buffer,
-                lookup,
-                header,
-                reply_len,
-                protocol::CRLF.len(),
-            ) {
-                return Some(Outcome::NotServed(Verdict::Error(Failure::Error)));
-            }
-            None
+            let header = value_header(flags, line_len, len);
+            read_rest(r, u, lookup, header, reply_len, protocol::CRLF.len())
         }
 
         Ok(MetaParsed::Complete(MetaReply::NotFound)) => {

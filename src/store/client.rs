@@ -100,11 +100,7 @@ pub unsafe fn write(r: *mut ngx_http_request_t, lcf: &LocConf, key: &[u8], page:
 /// `md <key> I` marks the page stale again, so that the next request regenerates it while
 /// the others keep getting the stale page. Does not hold any request.
 pub fn release(lcf: &LocConf, key: &[u8]) {
-    // SAFETY: the location's target lives as long as the configuration.
-    let classic_only = unsafe { lcf.target.as_ref() }.is_some_and(|t| t.classic_only.get());
-    // SAFETY: nginx's shutdown flags, written by this thread.
-    let exiting = unsafe { ngx_terminate != 0 || ngx_exiting != 0 };
-    if !lcf.uses_meta() || classic_only || exiting {
+    if !meta_write_possible(lcf) {
         return;
     }
     let mut command = b"md ".to_vec();
@@ -121,15 +117,20 @@ pub fn mark_pass(lcf: &LocConf, key: &[u8], cas: u64) {
     let Ok(ttl @ 1..) = u64::try_from(lcf.hit_for_pass) else {
         return release(lcf, key);
     };
-    // SAFETY: as in release().
-    let classic_only = unsafe { lcf.target.as_ref() }.is_some_and(|t| t.classic_only.get());
-    let exiting = unsafe { ngx_terminate != 0 || ngx_exiting != 0 };
-    if !lcf.uses_meta() || classic_only || exiting {
+    if !meta_write_possible(lcf) {
         return;
     }
     let mut command = meta::set_command(key, 0, PASS_FLAG, ttl, Some(cas));
     command.extend_from_slice(protocol::CRLF);
     start(lcf, key, command, None);
+}
+
+/// Whether a meta command about a page of `lcf` can be sent now (not while nginx shuts
+/// down: a release or a marker is no reason to open a connection then).
+fn meta_write_possible(lcf: &LocConf) -> bool {
+    // SAFETY: nginx's shutdown flags, written by this thread.
+    let exiting = unsafe { ngx_terminate != 0 || ngx_exiting != 0 };
+    lcf.meta_now() && !exiting
 }
 
 /// Starts a job sending `command` about `key` to the key's server, holding `request`
@@ -236,9 +237,7 @@ fn add_command(lcf: &LocConf, key: &[u8], page: &Captured) -> Option<Vec<u8>> {
         return None;
     }
     let exptime = policy::exptime(page.ttl.saturating_add(lcf.stale_secs()), ngx_time());
-    // SAFETY: the location's target lives as long as the configuration.
-    let classic_only = unsafe { lcf.target.as_ref() }.is_some_and(|t| t.classic_only.get());
-    let mut command = if lcf.uses_meta() && !classic_only {
+    let mut command = if lcf.meta_now() {
         meta::set_command(key, value_len, STORED_FLAG, exptime, page.replaces)
     } else {
         protocol::add_command(key, STORED_FLAG, exptime, value_len)
