@@ -188,6 +188,9 @@ pub struct MainConf {
     pub variables: VariableIndexes,
     /// Some location has `rcache_store on`: the capture filters are needed.
     pub store_used: bool,
+    /// Some location uses the meta protocol (it may regenerate stale pages): the stale
+    /// filters are installed.
+    pub meta_used: bool,
     /// Named-location fallbacks to verify once every server's named
     /// locations are known, as `NamedFallback`.
     pub named_fallbacks: *mut ngx_array_t,
@@ -222,6 +225,7 @@ pub unsafe extern "C" fn create_main_conf(cf: *mut ngx_conf_t) -> *mut c_void {
                     store: UNSET,
                 },
                 store_used: false,
+                meta_used: false,
                 named_fallbacks,
             },
         );
@@ -403,6 +407,9 @@ pub unsafe extern "C" fn merge_loc_conf(
     };
     if conf.store == 1 {
         mcf.store_used = true;
+    }
+    if conf.uses_meta() {
+        mcf.meta_used = true;
     }
     if let Some(fallback) = named_fallback(conf) {
         let Some(server) = NgxHttpCoreModule::server_conf_mut(cf) else {

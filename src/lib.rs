@@ -41,6 +41,7 @@ mod peer;
 mod pool;
 mod protocol;
 mod respond;
+mod stale;
 mod store;
 mod target;
 mod upstream;
@@ -121,6 +122,10 @@ unsafe extern "C" fn postconfiguration(cf: *mut ngx_conf_t) -> ngx_int_t {
         return Status::NGX_ERROR.into();
     };
     mcf.variables = indexes;
+    // The capture filters go on top of the stale ones: they see the fallback's answer.
+    if mcf.meta_used {
+        stale::install_filters();
+    }
     if mcf.store_used {
         store::capture::install_filters();
     }

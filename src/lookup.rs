@@ -51,6 +51,9 @@ pub struct Lookup {
     key: *const u8,
     key_len: usize,
     pub command: Command,
+    /// Whether this request's response may become the page (a GET that `rcache_store`
+    /// would store): only such a request regenerates a stale page it wins.
+    pub may_regenerate: bool,
     /// Set while the rest of a large value is read into a second buffer.
     pub head: Cell<Option<Head>>,
     /// The return flags of an `mg` reply whose value is read in two buffers.
@@ -99,6 +102,7 @@ impl Lookup {
             key: key.as_ptr(),
             key_len: key.len(),
             command,
+            may_regenerate: true,
             head: Cell::new(None),
             meta_flags: Cell::new(MetaFlags::default()),
             waits: Cell::new(0),

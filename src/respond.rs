@@ -23,6 +23,7 @@ use crate::front;
 use crate::gzip::{self, GunzipError};
 use crate::lookup::Lookup;
 use crate::outcome::{Failure, Outcome, Verdict};
+use crate::stale;
 use crate::store;
 use crate::store::page::{self, STORED_FLAG};
 use crate::value::Value;
@@ -53,7 +54,16 @@ pub unsafe fn answer(r: *mut ngx_http_request_t, outcome: Outcome) -> Status {
                 // Nothing can regenerate the page: serve it as long as memcached has it.
                 return serve_page(r, value, flags, CacheStatus::Stale);
             }
-            if let Some(key) = key {
+            if !Lookup::of(r).is_some_and(|l| l.may_regenerate) {
+                // A soft-purged page hands its win to any lookup; one whose response
+                // cannot become the page (a HEAD, a query string) gives it back.
+                if let (Some(key), Some(lcf)) = (key, loc_conf(r)) {
+                    store::client::release(lcf, key);
+                }
+                return serve_page(r, value, flags, CacheStatus::Updating);
+            }
+            if let (Some(key), Some(lcf)) = (key, loc_conf(r)) {
+                stale::keep(r, lcf, key, value, flags);
                 store::capture::prepare(r, key, Some(cas));
             }
             fall_back(r, Verdict::Expired)
@@ -104,16 +114,49 @@ pub fn serve_page(
     if !rc.is_ok() {
         return rc;
     }
+    let body = match page_headers(r, lcf, value, flags, cache_status) {
+        Ok(body) => body,
+        Err(PageProblem::Unusable) => return fall_back(r, Verdict::Miss),
+        Err(PageProblem::NoMemory) => return Status::NGX_ERROR,
+    };
+    if let Some(rc) = send_header(r) {
+        return rc;
+    }
+    match body_chain(r, body) {
+        // SAFETY: the chain and its buffers live in r->pool.
+        Some(out) => Status(unsafe { ngx_http_output_filter(r, out) }),
+        None => Status::NGX_ERROR,
+    }
+}
 
+/// Why a value cannot be sent as a page.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PageProblem {
+    /// Not a page after all (a broken stored form, gzip that does not decompress within
+    /// `rcache_max_size`): logged.
+    Unusable,
+    /// The request's pool is exhausted.
+    NoMemory,
+}
+
+/// Fills in `r`'s response headers for `value` as the page — its status and kept
+/// headers for a page rcache stored, gzip bytes or decompressed, Content-Length and
+/// Content-Type — and records `cache_status`. Returns the body to send. `lcf` is the
+/// configuration of the rcache location; `value` lives in `r->pool`.
+pub fn page_headers<'a>(
+    r: &mut ngx_http_request_t,
+    lcf: &LocConf,
+    value: Value<'a>,
+    flags: u32,
+    cache_status: CacheStatus,
+) -> Result<Value<'a>, PageProblem> {
     // A page rcache stored carries its headers; any other value is raw bytes.
     let mut status = NGX_HTTP_OK as ngx_uint_t;
     let stored = flags & STORED_FLAG != 0;
     let mut gzipped = !stored && flags & lcf.gzip_mask() != 0;
     let mut body = value;
     if stored {
-        let Some(value) = in_one_piece(r, value) else {
-            return Status::NGX_ERROR;
-        };
+        let value = in_one_piece(r, value).ok_or(PageProblem::NoMemory)?;
         let Some(page) = page::decode(value) else {
             ngx_log_error!(
                 NGX_LOG_ERR,
@@ -121,7 +164,7 @@ pub fn serve_page(
                 "rcache: a value with flag {} is not in rcache's stored form: MISS",
                 STORED_FLAG
             );
-            return fall_back(r, Verdict::Miss);
+            return Err(PageProblem::Unusable);
         };
         debug!(
             log(r),
@@ -134,41 +177,30 @@ pub fn serve_page(
             if name == "Content-Encoding" {
                 gzipped = value.eq_ignore_ascii_case(b"gzip");
             } else if !set_stored_header(r, name, value) {
-                return Status::NGX_ERROR;
+                return Err(PageProblem::NoMemory);
             }
         }
         body = Value::whole(page.body);
     }
     if gzipped {
         if accepts_gzip(r) {
-            let Some(h) = add_header(r, ngx_string!("Content-Encoding"), ngx_string!("gzip"))
-            else {
-                return Status::NGX_ERROR;
-            };
+            let h = add_header(r, ngx_string!("Content-Encoding"), ngx_string!("gzip"))
+                .ok_or(PageProblem::NoMemory)?;
             r.headers_out.content_encoding = h;
         } else {
             debug!(
                 log(r),
                 "rcache: the client does not accept gzip: decompressing"
             );
-            let Some(gz) = in_one_piece(r, body) else {
-                return Status::NGX_ERROR;
-            };
-            match gunzip(r, gz, lcf.max_size) {
-                Some(plain) => body = Value::whole(plain),
-                None => return fall_back(r, Verdict::Miss),
-            }
+            let gz = in_one_piece(r, body).ok_or(PageProblem::NoMemory)?;
+            body = Value::whole(gunzip(r, gz, lcf.max_size).ok_or(PageProblem::Unusable)?);
         }
-        if add_header(r, ngx_string!("Vary"), ngx_string!("Accept-Encoding")).is_none() {
-            return Status::NGX_ERROR;
-        }
+        add_header(r, ngx_string!("Vary"), ngx_string!("Accept-Encoding"))
+            .ok_or(PageProblem::NoMemory)?;
     }
     // nginx serves several ranges only from a body in one buffer.
     if !r.headers_in.range.is_null() {
-        let Some(whole) = in_one_piece(r, body) else {
-            return Status::NGX_ERROR;
-        };
-        body = Value::whole(whole);
+        body = Value::whole(in_one_piece(r, body).ok_or(PageProblem::NoMemory)?);
     }
 
     variables::set_status(r, cache_status);
@@ -184,18 +216,10 @@ pub fn serve_page(
     h.content_length_n = body.len() as off_t;
     // SAFETY: r is live; the content type is set from its location's types.
     if h.content_type.len == 0 && !Status(unsafe { ngx_http_set_content_type(r) }).is_ok() {
-        return HTTPStatus::INTERNAL_SERVER_ERROR.into();
+        return Err(PageProblem::NoMemory);
     }
     r.set_allow_ranges(1);
-
-    if let Some(rc) = send_header(r) {
-        return rc;
-    }
-    match body_chain(r, body) {
-        // SAFETY: the chain and its buffers live in r->pool.
-        Some(out) => Status(unsafe { ngx_http_output_filter(r, out) }),
-        None => Status::NGX_ERROR,
-    }
+    Ok(body)
 }
 
 /// Sends the response header; `Some(rc)` when there is no body to send after
@@ -304,7 +328,7 @@ fn send_text(r: &mut ngx_http_request_t, status: HTTPStatus, body: &'static [u8]
 /// The body as a chain of in-memory buffers, one per piece (one empty buffer
 /// for an empty page), the last one marked as the end of the response (of the
 /// subrequest's part of it). `body` must live as long as `r`.
-fn body_chain(r: &mut ngx_http_request_t, body: Value) -> Option<*mut ngx_chain_t> {
+pub fn body_chain(r: &mut ngx_http_request_t, body: Value) -> Option<*mut ngx_chain_t> {
     let pool = r.pool;
     let last_buf = ptr::eq(r, r.main);
     let mut pieces = [ptr::null_mut::<ngx_buf_t>(); 2];
@@ -356,7 +380,7 @@ fn calloc_buf<'a>(pool: *mut ngx_pool_t) -> Option<&'a mut ngx_buf_t> {
 }
 
 /// `value` as one slice in `r->pool`, joining its pieces if it has two.
-fn in_one_piece<'a>(r: &ngx_http_request_t, value: Value<'a>) -> Option<&'a [u8]> {
+pub fn in_one_piece<'a>(r: &ngx_http_request_t, value: Value<'a>) -> Option<&'a [u8]> {
     if let Some(bytes) = value.as_slice() {
         return Some(bytes);
     }
@@ -378,7 +402,7 @@ fn pool_bytes_mut<'a>(r: &ngx_http_request_t, len: usize) -> Option<&'a mut [u8]
 /// Whether the client gets gzip bytes as they are: nginx's own rules, as
 /// for `gzip_static` (Accept-Encoding, `gzip_http_version`, `gzip_proxied`,
 /// `gzip_disable`).
-fn accepts_gzip(r: &mut ngx_http_request_t) -> bool {
+pub fn accepts_gzip(r: &mut ngx_http_request_t) -> bool {
     #[cfg(ngx_feature = "http_gzip")]
     {
         // SAFETY: ngx_http_gzip_ok only reads the request and sets its gzip flags.

@@ -49,6 +49,9 @@ pub fn prepare<'a>(
     let lcf = HttpRcacheModule::location_conf(r)?;
     let meta = lcf.meta_now();
     let stale = (lcf.stale_secs() > 0).then_some(lcf.stale_secs());
+    // Only a request whose response can become the new page takes the win: a HEAD,
+    // or a query string rcache_store would not store, would use it up for nothing.
+    let may_regenerate = lcf.store != 1 || store::capture::refusal(r, lcf).is_none();
     let (command, prefix, suffix) = if purge {
         if lcf.purge == PURGE_SOFT && meta {
             (
@@ -64,9 +67,6 @@ pub fn prepare<'a>(
             )
         }
     } else if meta {
-        // Only a request whose response can become the new page takes the win: a HEAD,
-        // or a query string rcache_store would not store, would use it up for nothing.
-        let may_regenerate = lcf.store != 1 || store::capture::refusal(r, lcf).is_none();
         let get = meta::Get {
             recache: stale.filter(|_| may_regenerate),
             vivify: (lcf.lock == 1 && may_regenerate).then(|| lcf.lock_age_secs()),
@@ -100,7 +100,9 @@ pub fn prepare<'a>(
         (*b).last = (*b).start.add(len);
         (*cl).buf = b;
         (*cl).next = ptr::null_mut();
-        ptr::write(lookup, Lookup::new(cl, key, command, restart));
+        let mut new = Lookup::new(cl, key, command, restart);
+        new.may_regenerate = may_regenerate;
+        ptr::write(lookup, new);
     }
     Lookup::set(r, lookup);
     Lookup::of(r).map(|l| l.key())

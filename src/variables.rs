@@ -31,7 +31,8 @@ pub enum CacheStatus {
     Updating,
     /// This request regenerates an expired or soft-purged page (it went to the fallback).
     Expired,
-    /// A stale page served because nothing can regenerate it (no `rcache_fallback`).
+    /// A stale page served because its regeneration failed (the fallback answered an
+    /// error) or nothing can regenerate it (no `rcache_fallback`).
     Stale,
     /// The key's response was not cacheable lately: to the fallback (`rcache_hit_for_pass`).
     Pass,
@@ -185,6 +186,16 @@ pub fn status_may_store(r: &ngx_http_request_t) -> bool {
         && (ptr::eq(v.data, CacheStatus::Miss.as_bytes().as_ptr())
             || ptr::eq(v.data, CacheStatus::Expired.as_bytes().as_ptr())
             || ptr::eq(v.data, CacheStatus::Pass.as_bytes().as_ptr()))
+}
+
+/// Whether rcache recorded `status` for `r` (a cheap test for filters).
+pub fn status_is(r: &ngx_http_request_t, status: CacheStatus) -> bool {
+    let Some(index) = indexes_of(r).and_then(|ix| usize::try_from(ix.status).ok()) else {
+        return false;
+    };
+    // SAFETY: r->variables has one slot per declared variable.
+    let v = unsafe { &*r.variables.add(index) };
+    v.valid() != 0 && ptr::eq(v.data, status.as_bytes().as_ptr())
 }
 
 /// Writes `bytes` as the value of variable `index` of `r`.

@@ -535,16 +535,17 @@ fn a_regeneration_that_is_not_stored_gives_the_win_back() {
     wait_stored(&mc, "/flaky", "render 1");
     wait_ttl_below(&mc, "/flaky", 30);
 
-    // The winner's render fails: its client gets the app's answer, and the win is
-    // given back (the page is marked stale again, nobody holds it).
+    // The winner's render fails: its client gets the stale page instead of the app's
+    // error (STALE), and the win is given back (the page is marked stale again, nobody
+    // holds it).
     let r = http::get(nginx.port(), "/flaky");
-    assert_eq!(r.status, 500);
+    assert_eq!((r.status, r.text().as_str()), (200, "render 1"));
     // So another request regenerates, and its page is stored.
     let n = until_regenerated(nginx.port(), "/flaky", "render 1", "render 3");
     wait_stored(&mc, "/flaky", "render 3");
     assert_eq!(http::get(nginx.port(), "/flaky").text(), "render 3");
     let got = statuses(&nginx, 0, 3 + n);
-    assert_eq!(got[..2], ["MISS", "EXPIRED"]);
+    assert_eq!(got[..2], ["MISS", "STALE"]);
     assert_eq!(got[1 + n], "EXPIRED", "{got:?}");
     assert_eq!(count(&got, "UPDATING"), n - 1, "{got:?}");
     assert_eq!(got[2 + n], "HIT");
@@ -759,4 +760,160 @@ fn rcache_hit_for_pass_0_gives_the_lock_back_instead() {
     assert!(value.is_empty() && flags == 0, "{value:?} {flags}");
     assert_eq!(http::get(nginx.port(), "/p").text(), "personal");
     assert_eq!(statuses(&nginx, 0, 2), ["MISS", "MISS"]);
+}
+
+/// nginx with the stale-pages location (`rcache_stale 30s`, store on) whose fallback is
+/// an app at `app_port` with `proxy_read_timeout` 1 s; `$rcache_store_status` and the
+/// upstream status go to a second log.
+fn site_with_short_timeout(mc: &Memcached, app_port: u16) -> Nginx {
+    Nginx::builder()
+        .var("mc", mc.port())
+        .var("app", app_port)
+        .http(
+            "server {
+                 listen 127.0.0.1:{port};
+                 location / {
+                     rcache_pass 127.0.0.1:{mc};
+                     rcache_fallback @app;
+                     rcache_store on;
+                     rcache_stale 30s;
+                     rcache_lock on;
+                 }
+                 location @app {
+                     proxy_pass http://127.0.0.1:{app};
+                     proxy_read_timeout 1s;
+                     proxy_connect_timeout 1s;
+                 }
+             }",
+        )
+        .start()
+}
+
+#[test]
+fn while_the_app_fails_the_stale_page_is_served_with_its_own_headers() {
+    let mc = Memcached::start();
+    let failing = Arc::new(AtomicUsize::new(0));
+    let mode = Arc::clone(&failing);
+    let renders = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&renders);
+    // 0: renders; 1: answers 503 with its own headers; 2: stalls past proxy_read_timeout.
+    let app = App::start_with(move |_| {
+        let n = counter.fetch_add(1, Ordering::SeqCst) + 1;
+        match mode.load(Ordering::SeqCst) {
+            1 => AppResponse::new(503, "down for maintenance")
+                .header("Content-Type", "text/plain")
+                .header("Set-Cookie", "error=1")
+                .header("Retry-After", "120"),
+            2 => {
+                thread::sleep(Duration::from_millis(1500));
+                AppResponse::new(200, "too late")
+            }
+            _ => AppResponse::new(200, format!("<p>render {n}</p>"))
+                .header("Content-Type", "text/html; charset=utf-8")
+                .header("ETag", &format!("\"v{n}\""))
+                .header("Cache-Control", "max-age=1"),
+        }
+    });
+    let nginx = site_with_short_timeout(&mc, app.port());
+    assert_eq!(http::get(nginx.port(), "/p").text(), "<p>render 1</p>");
+    wait_stored(&mc, "/p", "render 1");
+
+    // (Only before the first: an `mg` on a stale item would take its win.)
+    wait_ttl_below(&mc, "/p", 30);
+    for (which, mode) in [("an error", 1), ("no answer in time", 2)] {
+        failing.store(mode, Ordering::SeqCst);
+        // Until a request wins the regeneration (the win given back by the previous
+        // one reaches memcached a moment after its answer), every answer is the page.
+        let mut stale = None;
+        for _ in 0..20 {
+            let before = nginx.access_entries().len();
+            let t0 = std::time::Instant::now();
+            let r = http::get(nginx.port(), "/p");
+            let took = t0.elapsed();
+            // The stored page as it was: its status, body and kept headers; nothing of
+            // the error's.
+            assert_eq!(r.status, 200, "{which}: {}", r.text());
+            assert_eq!(r.text(), "<p>render 1</p>", "{which}");
+            assert_eq!(r.header("Content-Type"), Some("text/html; charset=utf-8"));
+            assert_eq!(r.header("ETag"), Some("\"v1\""));
+            assert_eq!(r.header("Content-Length"), Some("15"));
+            assert_eq!(r.header("Set-Cookie"), None, "{which}");
+            assert_eq!(r.header("Retry-After"), None, "{which}");
+            let status = statuses(&nginx, before, 1).remove(0);
+            if status == "STALE" {
+                stale = Some(took);
+                break;
+            }
+            assert_eq!(status, "UPDATING", "{which}");
+            thread::sleep(Duration::from_millis(50));
+        }
+        let took = stale.unwrap_or_else(|| panic!("{which}: no request regenerated"));
+        if mode == 2 {
+            assert!(
+                took >= Duration::from_millis(900),
+                "waited for the app: {took:?}"
+            );
+        }
+        // A HEAD is answered the same way, without a body.
+        let head = http::request(nginx.port(), "HEAD", "/p", &[], None);
+        assert_eq!(head.status, 200, "{which}");
+        assert!(head.body.is_empty());
+        // The page was not replaced by the error, and stays stale.
+        assert!(mc
+            .get_raw("/p")
+            .is_some_and(|(v, _)| String::from_utf8_lossy(&v).contains("render 1")));
+    }
+
+    // The app is back: the next request regenerates the page (the wins were given back).
+    failing.store(0, Ordering::SeqCst);
+    let n = until_regenerated(nginx.port(), "/p", "<p>render 1</p>", "<p>render 4</p>");
+    assert!(n <= 3, "regenerated by the first requests: {n}");
+    wait_stored(&mc, "/p", "render 4");
+    assert_eq!(http::get(nginx.port(), "/p").text(), "<p>render 4</p>");
+}
+
+#[test]
+fn while_the_app_is_down_a_hot_page_stays_up() {
+    let mc = Memcached::start();
+    let (app, _renders) = slow_app(1);
+    let app_port = app.port();
+    let nginx = site_with_short_timeout(&mc, app_port);
+    assert_eq!(http::get(nginx.port(), "/hot").text(), "render 1");
+    wait_stored(&mc, "/hot", "render 1");
+    // The app goes away (connection refused: nginx's own 502).
+    drop(app);
+    wait_ttl_below(&mc, "/hot", 30);
+
+    let before = nginx.access_entries().len();
+    for _ in 0..3 {
+        let bodies = herd(&[nginx.port()], "/hot", 10);
+        assert!(bodies.iter().all(|b| b == "render 1"), "{bodies:?}");
+    }
+    let got = statuses(&nginx, before, 30);
+    assert!(count(&got, "STALE") >= 1, "{got:?}");
+    assert_eq!(
+        count(&got, "STALE") + count(&got, "UPDATING"),
+        30,
+        "every request got the stale page: {got:?}"
+    );
+    // Each request that tried the app logged why at info level, not as an error of its
+    // own beyond nginx's connect() line.
+    assert!(nginx.error_log().contains("STALE, the stale page served"));
+}
+
+#[test]
+fn a_page_the_app_writes_itself_is_served_stale_while_the_app_fails() {
+    let mc = Memcached::start();
+    let app = App::start_with(|_| AppResponse::new(500, "the app failed"));
+    let nginx = site(&mc, &app, "rcache_store off;");
+    mc.set_raw(b"/own", b"own 0", 0, 32);
+    wait_ttl_below(&mc, "/own", 30);
+    for _ in 0..3 {
+        let r = http::get(nginx.port(), "/own");
+        assert_eq!((r.status, r.text().as_str()), (200, "own 0"));
+    }
+    // Each failure gave the win back: each of these requests tried the app.
+    let got = statuses(&nginx, 0, 3);
+    assert_eq!(got, ["STALE", "STALE", "STALE"]);
+    assert_eq!(app.requests(), 3);
 }

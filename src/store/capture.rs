@@ -222,7 +222,8 @@ fn decide(r: &mut ngx_http_request_t, state: &mut StoreState) {
         Ok(ttl) => ttl,
         Err(reason) => {
             debug!(log(r), "rcache: not stored: {}", reason);
-            let failed = reason == Reason::Status && facts.status >= 500;
+            // A server error (whatever else makes it not cacheable) is a failure, not a page.
+            let failed = facts.status >= 500;
             stop_after(r, state, StoreStatus::NotCacheable, failed);
             return;
         }
