@@ -221,14 +221,14 @@ pub fn invalidate_args(ttl: Option<u32>) -> Args {
 /// and a heap allocation per request showed in the instruction counts.
 #[derive(Clone, Copy)]
 pub struct Args {
-    buf: [u8; 32],
+    buf: [u8; 48],
     len: usize,
 }
 
 impl Args {
     pub fn new(start: &[u8]) -> Args {
         let mut args = Args {
-            buf: [0; 32],
+            buf: [0; 48],
             len: 0,
         };
         args.push(start);
@@ -240,8 +240,9 @@ impl Args {
         self.len += bytes.len();
     }
 
-    fn push_number(&mut self, mut n: u32) {
-        let mut digits = [0u8; 10];
+    fn push_number(&mut self, n: impl Into<u64>) {
+        let mut n: u64 = n.into();
+        let mut digits = [0u8; 20];
         let mut at = digits.len();
         loop {
             at -= 1;
@@ -277,6 +278,39 @@ pub fn set_command(key: &[u8], len: usize, flags: u32, ttl: u64, cas: Option<u64
     }
     out.extend_from_slice(CRLF);
     out
+}
+
+/// What follows the key in the `md` that hands an overdue regeneration on:
+/// ` I C<cas> T<stale>\r\n` — marks the page stale again (the next `mg` wins), only if it
+/// is still the item `cas` names (so that of several requests that find it overdue, one
+/// hands it on), and gives it a whole stale window again, which also restarts the clock
+/// [`regeneration_overdue`] reads.
+pub fn take_over_args(cas: u64, stale: u32) -> Args {
+    let mut args = Args::new(b" I C");
+    args.push_number(cas);
+    args.push(b" T");
+    args.push_number(stale);
+    args.push(CRLF);
+    args
+}
+
+/// Whether the regeneration another request won (`Z`) has run longer than `lock_age`
+/// seconds, so that one more request may regenerate the page (`rcache_lock_age`).
+///
+/// A page enters its stale window with `stale` seconds left (its TTL is freshness +
+/// `stale`; a soft purge and a hand-over set it to `stale`), and a page anyone asks for
+/// is won as it enters: the win is about `stale - ttl` seconds old. memcached counts in
+/// whole seconds, so one more second is allowed. (A page nobody asked for until well
+/// into its window looks older than its win is: a second request during that render may
+/// then regenerate it too.)
+pub fn regeneration_overdue(flags: &MetaFlags, stale: u32, lock_age: u32) -> bool {
+    if !flags.won_already || stale == 0 {
+        return false;
+    }
+    match flags.ttl {
+        Some(ttl) if ttl >= 0 => i64::from(stale) - ttl > i64::from(lock_age) + 1,
+        _ => false,
+    }
 }
 
 #[cfg(test)]
@@ -483,5 +517,35 @@ mod tests {
         assert_eq!(&*invalidate_args(Some(30)), b" I T30\r\n");
         assert_eq!(&*invalidate_args(None), b" I\r\n");
         assert_eq!(&*Args::new(b"\r\n"), b"\r\n");
+    }
+
+    #[test]
+    fn a_regeneration_is_overdue_once_its_window_is_older_than_lock_age() {
+        let z = |ttl| MetaFlags {
+            won_already: true,
+            ttl: Some(ttl),
+            ..MetaFlags::default()
+        };
+        // rcache_stale 30, rcache_lock_age 5: won at ttl 29 (entering the window).
+        assert!(!regeneration_overdue(&z(29), 30, 5));
+        assert!(!regeneration_overdue(&z(24), 30, 5));
+        assert!(regeneration_overdue(&z(23), 30, 5));
+        assert!(regeneration_overdue(&z(0), 30, 5));
+        // A page whose TTL the app set long: not in a window rcache_stale describes.
+        assert!(!regeneration_overdue(&z(300), 30, 5));
+        // No expiry, no stale window, nobody else at it: never.
+        assert!(!regeneration_overdue(&z(-1), 30, 5));
+        assert!(!regeneration_overdue(&z(0), 0, 5));
+        let w = MetaFlags {
+            win: true,
+            ttl: Some(0),
+            ..MetaFlags::default()
+        };
+        assert!(!regeneration_overdue(&w, 30, 5));
+    }
+
+    #[test]
+    fn the_hand_over_is_conditional_on_the_cas_and_restarts_the_window() {
+        assert_eq!(&take_over_args(77, 30)[..], b" I C77 T30\r\n");
     }
 }

@@ -20,7 +20,13 @@ pub enum Outcome<'a> {
         cas: u64,
     },
     /// The page is stale and another request is regenerating it: served meanwhile.
-    Updating(Value<'a>, u32),
+    /// `overdue`: that regeneration has run longer than `rcache_lock_age`; the CAS of
+    /// the item, to hand the regeneration on to one more request.
+    Updating {
+        value: Value<'a>,
+        flags: u32,
+        overdue: Option<u64>,
+    },
     /// memcached has no value for the key: a MISS that `rcache_store` may fill.
     Absent,
     /// No page, and this request won the lock (`rcache_lock`): a MISS whose page replaces

@@ -48,7 +48,18 @@ pub unsafe fn answer(r: *mut ngx_http_request_t, outcome: Outcome) -> Status {
             }
             serve_page(r, value, flags, CacheStatus::Hit)
         }
-        Outcome::Updating(value, flags) => serve_page(r, value, flags, CacheStatus::Updating),
+        Outcome::Updating {
+            value,
+            flags,
+            overdue,
+        } => {
+            if let (Some(cas), Some(key), Some(lcf)) = (overdue, key, loc_conf(r)) {
+                // The request regenerating the page is overdue (its nginx died, or the
+                // app is that slow): hand the regeneration on to the next request.
+                store::client::take_over(lcf, key, cas);
+            }
+            serve_page(r, value, flags, CacheStatus::Updating)
+        }
         Outcome::Expired { value, flags, cas } => {
             if loc_conf(r).and_then(LocConf::fallback).is_none() {
                 // Nothing can regenerate the page: serve it as long as memcached has it.

@@ -502,7 +502,14 @@ fn meta_outcome<'a>(r: &ngx_http_request_t, value: Value<'a>, flags: MetaFlags) 
             cas: flags.cas.unwrap_or(0),
         }
     } else if flags.won_already || flags.stale {
-        Outcome::Updating(value, client_flags)
+        let overdue = HttpRcacheModule::location_conf(r)
+            .filter(|lcf| meta::regeneration_overdue(&flags, lcf.stale_secs(), lcf.lock_age_secs()))
+            .map(|_| flags.cas.unwrap_or(0));
+        Outcome::Updating {
+            value,
+            flags: client_flags,
+            overdue,
+        }
     } else {
         Outcome::Hit(value, client_flags)
     }

@@ -917,3 +917,135 @@ fn a_page_the_app_writes_itself_is_served_stale_while_the_app_fails() {
     assert_eq!(got, ["STALE", "STALE", "STALE"]);
     assert_eq!(app.requests(), 3);
 }
+
+/// nginx with `rcache_stale 30s`, store on and `rcache_lock_age 2s`, MISS and EXPIRED
+/// to the app at `app_port`.
+fn site_with_lock_age_2s(mc: &Memcached, app_port: u16) -> Nginx {
+    Nginx::builder()
+        .var("mc", mc.port())
+        .var("app", app_port)
+        .http(
+            "server {
+                 listen 127.0.0.1:{port};
+                 location / {
+                     rcache_pass 127.0.0.1:{mc};
+                     rcache_fallback @app;
+                     rcache_store on;
+                     rcache_stale 30s;
+                     rcache_lock_age 2s;
+                 }
+                 location @app { proxy_pass http://127.0.0.1:{app}; }
+             }",
+        )
+        .start()
+}
+
+/// An app whose render `slow` (1-based) takes 8 s; the others are immediate. The first
+/// page is fresh for 1 s, the others for 60 s.
+fn app_with_one_slow_render(slow: usize) -> (App, Arc<AtomicUsize>) {
+    let renders = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&renders);
+    let app = App::start_with(move |_| {
+        let n = counter.fetch_add(1, Ordering::SeqCst) + 1;
+        if n == slow {
+            thread::sleep(Duration::from_secs(8));
+        }
+        // The first page expires at once; the regenerated ones stay fresh.
+        let max_age = if n == 1 { 1 } else { 60 };
+        AppResponse::new(200, format!("render {n}"))
+            .header("Cache-Control", &format!("max-age={max_age}"))
+    });
+    (app, renders)
+}
+
+/// Asks `port` for `path` every 100 ms until the answer is `want` (the stale page
+/// `stale` meanwhile); returns how long it took. Panics after `limit`.
+fn time_until(port: u16, path: &str, stale: &str, want: &str, limit: Duration) -> Duration {
+    let t0 = std::time::Instant::now();
+    while t0.elapsed() < limit {
+        let r = http::get(port, path);
+        assert_eq!(r.status, 200, "{}", r.text());
+        if r.text() == want {
+            return t0.elapsed();
+        }
+        assert_eq!(r.text(), stale, "meanwhile the stale page");
+        thread::sleep(Duration::from_millis(100));
+    }
+    panic!("{path}: no {want:?} within {limit:?}");
+}
+
+#[test]
+fn a_regeneration_stalled_past_rcache_lock_age_is_handed_to_one_more_request() {
+    let mc = Memcached::start();
+    let (app, renders) = app_with_one_slow_render(2);
+    let nginx = site_with_lock_age_2s(&mc, app.port());
+    assert_eq!(http::get(nginx.port(), "/s").text(), "render 1");
+    wait_stored(&mc, "/s", "render 1");
+    wait_ttl_below(&mc, "/s", 30);
+
+    // The winner's render stalls (8 s, within proxy_read_timeout).
+    let port = nginx.port();
+    let winner = thread::spawn(move || http::get(port, "/s").text());
+    thread::sleep(Duration::from_millis(300));
+    // Everyone else gets the stale page; once the win is older than rcache_lock_age
+    // (2 s, memcached counts whole seconds), one more request regenerates the page.
+    let took = time_until(port, "/s", "render 1", "render 3", Duration::from_secs(7));
+    assert!(
+        took < Duration::from_millis(4500),
+        "handed on after about rcache_lock_age: {took:?}"
+    );
+    wait_stored(&mc, "/s", "render 3");
+    assert_eq!(
+        renders.load(Ordering::SeqCst),
+        3,
+        "one more render, not a herd"
+    );
+
+    // The stalled render ends: its client gets it, but it does not replace the newer
+    // page (its CAS names the item that was handed on).
+    assert_eq!(winner.join().expect("winner"), "render 2");
+    thread::sleep(Duration::from_millis(300));
+    assert_eq!(http::get(port, "/s").text(), "render 3");
+    assert!(nginx
+        .error_log()
+        .contains("ran longer than rcache_lock_age"));
+}
+
+#[test]
+fn when_the_winners_nginx_is_killed_mid_render_another_server_regenerates() {
+    let mc = Memcached::start();
+    let (app, renders) = app_with_one_slow_render(2);
+    let a = site_with_lock_age_2s(&mc, app.port());
+    let b = site_with_lock_age_2s(&mc, app.port());
+    assert_eq!(http::get(a.port(), "/k").text(), "render 1");
+    wait_stored(&mc, "/k", "render 1");
+    wait_ttl_below(&mc, "/k", 30);
+
+    // a's request wins the regeneration; a dies (kill -9) while the app renders.
+    let port_a = a.port();
+    let doomed = thread::spawn(move || http::try_request(port_a, "GET", "/k", &[], None).is_ok());
+    let rendering = wait_until(5 * SECOND, || renders.load(Ordering::SeqCst) == 2);
+    assert!(rendering, "a's request reached the app");
+    let mut pids = a.worker_pids();
+    pids.push(a.pid());
+    for pid in pids {
+        let _ = common::process::kill(pid, libc::SIGKILL);
+    }
+    let _ = doomed.join();
+
+    // b serves the stale page, and regenerates it once a's win is older than
+    // rcache_lock_age — not only when the stale window (30 s) ends.
+    let b_before = b.access_entries().len();
+    let took = time_until(
+        b.port(),
+        "/k",
+        "render 1",
+        "render 3",
+        Duration::from_secs(7),
+    );
+    assert!(took < Duration::from_millis(4500), "{took:?}");
+    wait_stored(&mc, "/k", "render 3");
+    assert_eq!(renders.load(Ordering::SeqCst), 3);
+    let got = statuses(&b, b_before, b.access_entries().len() - b_before);
+    assert_eq!(count(&got, "EXPIRED"), 1, "{got:?}");
+}

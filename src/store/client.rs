@@ -109,6 +109,21 @@ pub fn release(lcf: &LocConf, key: &[u8]) {
     start(lcf, key, command, None);
 }
 
+/// The regeneration of `key` (the item `cas` names) has run longer than
+/// `rcache_lock_age`: `md <key> I C<cas> T<stale>` marks the page stale again, so that the
+/// next request regenerates it, and gives it another stale window meanwhile. Of several
+/// requests that find it overdue at once, the first hands it on; the others' CAS no
+/// longer matches.
+pub fn take_over(lcf: &LocConf, key: &[u8], cas: u64) {
+    if !meta_write_possible(lcf) {
+        return;
+    }
+    let mut command = b"md ".to_vec();
+    command.extend_from_slice(key);
+    command.extend_from_slice(&meta::take_over_args(cas, lcf.stale_secs()));
+    start(lcf, key, command, None);
+}
+
 /// A request that won the regeneration or the lock of `key` got a response that is not
 /// cacheable: mark the key (`rcache_hit_for_pass`) so that its requests go straight to the
 /// app instead of waiting for a page that will not come; replaces the item `cas` names.
@@ -469,6 +484,9 @@ fn release_result(reply: &[u8]) -> Option<WriteResult> {
     Some(match meta::parse_meta_reply(reply) {
         Ok(MetaParsed::NeedLine | MetaParsed::NeedValue { .. }) => return None,
         Ok(MetaParsed::Complete(MetaReply::Header(_) | MetaReply::NoItem)) => WriteResult::Stored,
+        // A hand-over whose CAS no longer matches: another request handed it on first,
+        // or the page was stored meanwhile.
+        Ok(MetaParsed::Complete(MetaReply::Exists)) => WriteResult::Present,
         Ok(MetaParsed::Complete(other)) => {
             WriteResult::Failed(format!("memcached answered {other:?}"))
         }
@@ -519,6 +537,15 @@ fn finish(job: *mut Job, result: WriteResult) {
     let status = match &result {
         WriteResult::Stored => {
             FAILING.store(false, Ordering::Relaxed);
+            if j.verb() == "take over" {
+                ngx_log_error!(
+                    NGX_LOG_INFO,
+                    log,
+                    "rcache: the regeneration of \"{}\" ran longer than rcache_lock_age: \
+                     the next request regenerates it",
+                    j.key
+                );
+            }
             StoreStatus::Stored
         }
         WriteResult::Present => StoreStatus::Present,
@@ -579,6 +606,7 @@ impl Job {
     /// What the job does, for the debug log.
     fn verb(&self) -> &'static str {
         match self.command.get(..3) {
+            Some(b"md ") if self.command.windows(4).any(|w| w == b" I C") => "take over",
             Some(b"md ") => "release",
             Some(b"ms ") => "ms",
             _ => "add",
