@@ -37,6 +37,7 @@ mod key;
 mod lookup;
 mod meta;
 mod outcome;
+mod page_response;
 mod peer;
 mod pool;
 mod protocol;

@@ -20,7 +20,7 @@ use ngx::ffi::*;
 
 use crate::conf::LocConf;
 use crate::gzip;
-use crate::respond::{self, PageProblem};
+use crate::page_response::{self, PageProblem};
 use crate::store::client;
 use crate::store::page::{self, STORED_FLAG};
 use crate::value::Value;
@@ -89,10 +89,10 @@ pub fn keep(r: &mut ngx_http_request_t, lcf: &LocConf, key: &[u8], value: Value,
 /// (once the error's headers are replaced, there is no way back).
 fn servable(r: &mut ngx_http_request_t, lcf: &LocConf, value: Value, flags: u32) -> bool {
     if flags & STORED_FLAG != 0 {
-        return respond::in_one_piece(r, value).is_some_and(|v| page::decode(v).is_some());
+        return page_response::in_one_piece(r, value).is_some_and(|v| page::decode(v).is_some());
     }
-    if flags & lcf.gzip_mask() != 0 && !respond::accepts_gzip(r) {
-        return respond::in_one_piece(r, value)
+    if flags & lcf.gzip_mask() != 0 && !page_response::accepts_gzip(r) {
+        return page_response::in_one_piece(r, value)
             .is_some_and(|gz| gzip::decompressed_size(gz, lcf.max_size).is_ok());
     }
     true
@@ -179,13 +179,18 @@ fn swap(r: &mut ngx_http_request_t, copy: &mut StaleCopy) -> bool {
     };
     let error = r.headers_out.status;
     clear_headers(r);
-    let body =
-        match respond::page_headers(r, lcf, Value::whole(page), copy.flags, CacheStatus::Stale) {
-            Ok(body) => body,
-            // keep() served only values that decode: only memory can be short here.
-            Err(PageProblem::Unusable | PageProblem::NoMemory) => return false,
-        };
-    let Some(chain) = respond::body_chain(r, body) else {
+    let body = match page_response::page_headers(
+        r,
+        lcf,
+        Value::whole(page),
+        copy.flags,
+        CacheStatus::Stale,
+    ) {
+        Ok(body) => body,
+        // keep() served only values that decode: only memory can be short here.
+        Err(PageProblem::Unusable | PageProblem::NoMemory) => return false,
+    };
+    let Some(chain) = page_response::body_chain(r, body) else {
         return false;
     };
     copy.state = Swap::Swapped(chain);

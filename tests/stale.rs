@@ -1049,3 +1049,150 @@ fn when_the_winners_nginx_is_killed_mid_render_another_server_regenerates() {
     let got = statuses(&b, b_before, b.access_entries().len() - b_before);
     assert_eq!(count(&got, "EXPIRED"), 1, "{got:?}");
 }
+
+#[test]
+fn stale_pages_work_the_same_over_rcache_hash_with_gzip_pages_the_front_cache_and_bypass() {
+    let mcs: Vec<Memcached> = (0..3).map(|_| Memcached::start()).collect();
+    let plain = b"<p>a gzip page</p>\n".repeat(200);
+    let gz = gzip(&plain);
+    let renders = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&renders);
+    let app_gz = gz.clone();
+    let app = App::start_with(move |req| {
+        if req.header("cookie").is_some() {
+            return AppResponse::new(200, "for the logged-in user");
+        }
+        counter.fetch_add(1, Ordering::SeqCst);
+        thread::sleep(RENDER);
+        AppResponse::new(200, app_gz.clone())
+            .header("Content-Type", "text/html; charset=utf-8")
+            .header("Content-Encoding", "gzip")
+            .header("Content-Language", "en")
+            .header("Cache-Control", "max-age=1")
+    });
+    let nginx = Nginx::builder()
+        .workers(2)
+        .var("m0", mcs[0].port())
+        .var("m1", mcs[1].port())
+        .var("m2", mcs[2].port())
+        .var("app", app.port())
+        .http(
+            "rcache_front_zone front:1m;
+             upstream mc {
+                 rcache_hash rendezvous;
+                 server 127.0.0.1:{m0}; server 127.0.0.1:{m1}; server 127.0.0.1:{m2};
+             }
+             server {
+                 listen 127.0.0.1:{port};
+                 location / {
+                     rcache_pass mc;
+                     rcache_fallback @app;
+                     rcache_store on;
+                     rcache_stale 30s;
+                     rcache_lock on;
+                     rcache_front front ttl=1s;
+                     rcache_bypass $cookie_session;
+                 }
+                 location @app { proxy_pass http://127.0.0.1:{app}; }
+             }",
+        )
+        .start();
+    let port = nginx.port();
+    let gzip_ae = [("Accept-Encoding", "gzip")];
+
+    // Cold: one render under the lock, for gzip and plain clients alike.
+    let before = nginx.access_entries().len();
+    let cold: Vec<_> = (0..12)
+        .map(|i| {
+            thread::spawn(move || {
+                let ae: &[(&str, &str)] = if i % 2 == 0 {
+                    &[("Accept-Encoding", "gzip")]
+                } else {
+                    &[]
+                };
+                http::request(port, "GET", "/g", ae, None)
+            })
+        })
+        .collect();
+    // (The request that renders gets the app's own answer, gzip whoever asks.)
+    let mut apps_own = 0;
+    for (i, t) in cold.into_iter().enumerate() {
+        let r = t.join().expect("client");
+        assert_eq!(r.status, 200);
+        assert_eq!(r.header("Content-Language"), Some("en"), "{i}");
+        if i % 2 == 0 {
+            assert!(r.body == gz, "gzip client {i}");
+        } else if r.body == gz {
+            apps_own += 1;
+        } else {
+            assert!(r.body == plain, "plain client {i}");
+        }
+    }
+    assert!(apps_own <= 1);
+    assert_eq!(
+        renders.load(Ordering::SeqCst),
+        1,
+        "one render for the cold page"
+    );
+    let got = statuses(&nginx, before, 12);
+    assert_eq!(count(&got, "MISS"), 1, "{got:?}");
+
+    // The page lives on one of the three servers (the rendezvous choice).
+    let holder = wait_until(10 * SECOND, || {
+        mcs.iter().any(|m| m.get_raw("/g").is_some())
+    });
+    assert!(holder, "stored");
+    let holders: Vec<_> = mcs.iter().filter(|m| m.get_raw("/g").is_some()).collect();
+    assert_eq!(holders.len(), 1);
+    let mc = holders[0];
+
+    // A logged-in user is never served the cached page, and takes no win.
+    let r = http::request(port, "GET", "/g", &[("Cookie", "session=1")], None);
+    assert_eq!(r.text(), "for the logged-in user");
+
+    // Expired: one render; everyone else gets the stale gzip page (the front cache's
+    // 1 s copy may answer some of them first), each as it accepts.
+    wait_ttl_below(mc, "/g", 30);
+    thread::sleep(Duration::from_millis(1100));
+    let before = nginx.access_entries().len();
+    let herd: Vec<_> = (0..12)
+        .map(|i| {
+            thread::spawn(move || {
+                let ae: &[(&str, &str)] = if i % 2 == 0 {
+                    &[("Accept-Encoding", "gzip")]
+                } else {
+                    &[]
+                };
+                let method = if i == 5 { "HEAD" } else { "GET" };
+                (i, http::request(port, method, "/g", ae, None))
+            })
+        })
+        .collect();
+    let mut apps_own = 0;
+    for t in herd {
+        let (i, r) = t.join().expect("client");
+        assert_eq!(r.status, 200, "{i}");
+        assert_eq!(r.header("Content-Language"), Some("en"), "{i}");
+        if i == 5 {
+            assert!(r.body.is_empty());
+        } else if i % 2 == 0 {
+            assert!(r.body == gz, "gzip client {i}");
+        } else if r.body == gz {
+            apps_own += 1;
+        } else {
+            assert!(r.body == plain, "plain client {i}");
+        }
+    }
+    assert!(apps_own <= 1);
+    assert_eq!(
+        renders.load(Ordering::SeqCst),
+        2,
+        "one render for the expiry"
+    );
+    let got = statuses(&nginx, before, 12);
+    assert_eq!(count(&got, "EXPIRED"), 1, "{got:?}");
+    assert_eq!(count(&got, "MISS") + count(&got, "BYPASS"), 0, "{got:?}");
+    let r = http::request(port, "GET", "/g", &gzip_ae, None);
+    assert!(r.body == gz);
+    assert!(nginx.alerts().is_empty(), "{:?}", nginx.alerts());
+}
