@@ -762,31 +762,38 @@ fn rcache_hit_for_pass_0_gives_the_lock_back_instead() {
     assert_eq!(statuses(&nginx, 0, 2), ["MISS", "MISS"]);
 }
 
-/// nginx with the stale-pages location (`rcache_stale 30s`, store on) whose fallback is
-/// an app at `app_port` with `proxy_read_timeout` 1 s; `$rcache_store_status` and the
-/// upstream status go to a second log.
-fn site_with_short_timeout(mc: &Memcached, app_port: u16) -> Nginx {
+/// nginx with the stale-pages location (`rcache_stale 30s`, store on, and `extra`) whose
+/// fallback is the app at `app_port`, with `fallback_extra` in its location.
+fn site_with(mc: &Memcached, app_port: u16, extra: &str, fallback_extra: &str) -> Nginx {
     Nginx::builder()
         .var("mc", mc.port())
         .var("app", app_port)
         .http(
-            "server {
+            &"server {
                  listen 127.0.0.1:{port};
                  location / {
                      rcache_pass 127.0.0.1:{mc};
                      rcache_fallback @app;
                      rcache_store on;
                      rcache_stale 30s;
-                     rcache_lock on;
+                     {extra}
                  }
-                 location @app {
-                     proxy_pass http://127.0.0.1:{app};
-                     proxy_read_timeout 1s;
-                     proxy_connect_timeout 1s;
-                 }
-             }",
+                 location @app { proxy_pass http://127.0.0.1:{app}; {fallback_extra} }
+             }"
+            .replace("{extra}", extra)
+            .replace("{fallback_extra}", fallback_extra),
         )
         .start()
+}
+
+/// [`site_with`] `rcache_lock on`, and a fallback that gives up on the app after 1 s.
+fn site_with_short_timeout(mc: &Memcached, app_port: u16) -> Nginx {
+    site_with(
+        mc,
+        app_port,
+        "rcache_lock on;",
+        "proxy_read_timeout 1s; proxy_connect_timeout 1s;",
+    )
 }
 
 #[test]
@@ -918,26 +925,9 @@ fn a_page_the_app_writes_itself_is_served_stale_while_the_app_fails() {
     assert_eq!(app.requests(), 3);
 }
 
-/// nginx with `rcache_stale 30s`, store on and `rcache_lock_age 2s`, MISS and EXPIRED
-/// to the app at `app_port`.
+/// [`site_with`] `rcache_lock_age 2s`.
 fn site_with_lock_age_2s(mc: &Memcached, app_port: u16) -> Nginx {
-    Nginx::builder()
-        .var("mc", mc.port())
-        .var("app", app_port)
-        .http(
-            "server {
-                 listen 127.0.0.1:{port};
-                 location / {
-                     rcache_pass 127.0.0.1:{mc};
-                     rcache_fallback @app;
-                     rcache_store on;
-                     rcache_stale 30s;
-                     rcache_lock_age 2s;
-                 }
-                 location @app { proxy_pass http://127.0.0.1:{app}; }
-             }",
-        )
-        .start()
+    site_with(mc, app_port, "rcache_lock_age 2s;", "")
 }
 
 /// An app whose render `slow` (1-based) takes 8 s; the others are immediate. The first
@@ -1102,33 +1092,7 @@ fn stale_pages_work_the_same_over_rcache_hash_with_gzip_pages_the_front_cache_an
 
     // Cold: one render under the lock, for gzip and plain clients alike.
     let before = nginx.access_entries().len();
-    let cold: Vec<_> = (0..12)
-        .map(|i| {
-            thread::spawn(move || {
-                let ae: &[(&str, &str)] = if i % 2 == 0 {
-                    &[("Accept-Encoding", "gzip")]
-                } else {
-                    &[]
-                };
-                http::request(port, "GET", "/g", ae, None)
-            })
-        })
-        .collect();
-    // (The request that renders gets the app's own answer, gzip whoever asks.)
-    let mut apps_own = 0;
-    for (i, t) in cold.into_iter().enumerate() {
-        let r = t.join().expect("client");
-        assert_eq!(r.status, 200);
-        assert_eq!(r.header("Content-Language"), Some("en"), "{i}");
-        if i % 2 == 0 {
-            assert!(r.body == gz, "gzip client {i}");
-        } else if r.body == gz {
-            apps_own += 1;
-        } else {
-            assert!(r.body == plain, "plain client {i}");
-        }
-    }
-    assert!(apps_own <= 1);
+    mixed_herd(port, "/g", None, &gz, &plain);
     assert_eq!(
         renders.load(Ordering::SeqCst),
         1,
@@ -1155,35 +1119,7 @@ fn stale_pages_work_the_same_over_rcache_hash_with_gzip_pages_the_front_cache_an
     wait_ttl_below(mc, "/g", 30);
     thread::sleep(Duration::from_millis(1100));
     let before = nginx.access_entries().len();
-    let herd: Vec<_> = (0..12)
-        .map(|i| {
-            thread::spawn(move || {
-                let ae: &[(&str, &str)] = if i % 2 == 0 {
-                    &[("Accept-Encoding", "gzip")]
-                } else {
-                    &[]
-                };
-                let method = if i == 5 { "HEAD" } else { "GET" };
-                (i, http::request(port, method, "/g", ae, None))
-            })
-        })
-        .collect();
-    let mut apps_own = 0;
-    for t in herd {
-        let (i, r) = t.join().expect("client");
-        assert_eq!(r.status, 200, "{i}");
-        assert_eq!(r.header("Content-Language"), Some("en"), "{i}");
-        if i == 5 {
-            assert!(r.body.is_empty());
-        } else if i % 2 == 0 {
-            assert!(r.body == gz, "gzip client {i}");
-        } else if r.body == gz {
-            apps_own += 1;
-        } else {
-            assert!(r.body == plain, "plain client {i}");
-        }
-    }
-    assert!(apps_own <= 1);
+    mixed_herd(port, "/g", Some(5), &gz, &plain);
     assert_eq!(
         renders.load(Ordering::SeqCst),
         2,
@@ -1195,4 +1131,40 @@ fn stale_pages_work_the_same_over_rcache_hash_with_gzip_pages_the_front_cache_an
     let r = http::request(port, "GET", "/g", &gzip_ae, None);
     assert!(r.body == gz);
     assert!(nginx.alerts().is_empty(), "{:?}", nginx.alerts());
+}
+
+/// 12 clients at once on `path`, every other one accepting gzip, client `head` (if any)
+/// asking with HEAD: each gets the page whole — `gz` or `plain` as it accepts — with its
+/// kept header. (The request that renders gets the app's own answer, gzip whoever asks.)
+fn mixed_herd(port: u16, path: &str, head: Option<usize>, gz: &[u8], plain: &[u8]) {
+    let herd: Vec<_> = (0..12)
+        .map(|i| {
+            let path = path.to_string();
+            thread::spawn(move || {
+                let ae: &[(&str, &str)] = if i % 2 == 0 {
+                    &[("Accept-Encoding", "gzip")]
+                } else {
+                    &[]
+                };
+                let method = if head == Some(i) { "HEAD" } else { "GET" };
+                (i, http::request(port, method, &path, ae, None))
+            })
+        })
+        .collect();
+    let mut apps_own = 0;
+    for t in herd {
+        let (i, r) = t.join().expect("client");
+        assert_eq!(r.status, 200, "{i}");
+        assert_eq!(r.header("Content-Language"), Some("en"), "{i}");
+        if head == Some(i) {
+            assert!(r.body.is_empty());
+        } else if i % 2 == 0 {
+            assert!(r.body == gz, "gzip client {i}");
+        } else if r.body == gz {
+            apps_own += 1;
+        } else {
+            assert!(r.body == plain, "plain client {i}");
+        }
+    }
+    assert!(apps_own <= 1, "{apps_own} plain clients got gzip");
 }
