@@ -33,6 +33,7 @@ mod conf;
 mod front;
 mod gzip;
 mod handler;
+mod health;
 mod key;
 mod lookup;
 mod meta;

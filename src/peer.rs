@@ -30,6 +30,8 @@ use ngx::ffi::*;
 use ngx::http::{HttpModuleLocationConf, HttpModuleMainConf};
 use ngx::ngx_log_error;
 
+use crate::balancer::peers::{with_peer, with_peer_mut};
+use crate::health::{self, Change, Episode, PeerState};
 use crate::lookup;
 use crate::outcome::Failure;
 use crate::pool::addr_bytes;
@@ -142,6 +144,32 @@ unsafe extern "C" fn get_pooled_peer(
         // SAFETY: inside the upstream's connect path; we return NGX_ERROR.
         unsafe { upstream::give_up(pd.request, pd.failure) };
         return Status::NGX_ERROR.into();
+    }
+    // SAFETY: targets live as long as the configuration.
+    let target = unsafe { &*pd.target };
+    if let Some((peers, peer)) = single_peer(target) {
+        // SAFETY: the upstream's one peer, under nginx's round-robin locks.
+        let admitted = unsafe {
+            with_peer_mut(peers, peer, |p| {
+                let mut s = target.rule(PeerState::of(p));
+                let admitted = health::admit(&mut s, ngx_time());
+                s.write_to(p);
+                admitted
+            })
+        };
+        if !admitted {
+            let mut episode = target.episode.get();
+            // SAFETY: nginx's cached time, read in the worker that updates it.
+            episode.fell_back(unsafe { ngx_current_msec });
+            target.episode.set(episode);
+            debug!(
+                pc.log,
+                "rcache: the upstream's only memcached server is down: to the fallback"
+            );
+            // SAFETY: inside the upstream's connect path; we return NGX_ERROR.
+            unsafe { upstream::give_up(pd.request, Failure::NoLiveServers) };
+            return Status::NGX_ERROR.into();
+        }
     }
     let Some(balancer_get) = pd.balancer_get else {
         return Status::NGX_ERROR.into();
@@ -263,6 +291,15 @@ unsafe extern "C" fn free_pooled_peer(
         );
     }
 
+    // nginx's round-robin free forgets a lone server's failures: keep them for rcache's
+    // own rule, which runs after it.
+    // SAFETY: targets live as long as the configuration.
+    let single = single_peer(unsafe { &*pd.target });
+    let before = single.map(|(peers, peer)| {
+        // SAFETY: the upstream's one peer, under nginx's round-robin locks.
+        unsafe { with_peer(peers, peer, PeerState::of) }
+    });
+
     if let Some(balancer_free) = pd.balancer_free {
         // A stale pooled connection says nothing about the server: it must not
         // count against max_fails (NGX_PEER_NEXT: neither failed nor answered).
@@ -273,6 +310,14 @@ unsafe extern "C" fn free_pooled_peer(
         };
         // SAFETY: the balancer's own free, with its own data.
         unsafe { balancer_free(pc, pd.balancer_data, state) };
+    }
+
+    if let (Some((peers, peer)), Some(before)) = (single, before) {
+        // SAFETY: targets live as long as the configuration.
+        let target = unsafe { &*pd.target };
+        // A stale pooled connection, retried on a new one, says nothing about the server.
+        let failed = failed && !retry_fresh;
+        record_single(target, peers, peer, before, failed, pd.failure, pc.log);
     }
 
     if failed && pc.tries == 0 {
@@ -303,5 +348,63 @@ unsafe fn reusable(r: *mut ngx_http_request_t, c: *mut ngx_connection_t) -> bool
             && wr.timedout() == 0
             && ngx_terminate == 0
             && ngx_exiting == 0
+    }
+}
+
+/// The upstream's server, when it has exactly one (no second server, no backup): nginx's
+/// balancers never mark such a server down, so rcache does (`health.rs`).
+fn single_peer(
+    target: &Target,
+) -> Option<(
+    *mut ngx_http_upstream_rr_peers_t,
+    *mut ngx_http_upstream_rr_peer_t,
+)> {
+    // SAFETY: every balancer rcache composes with keeps nginx's round-robin peers in
+    // peer.data (in the upstream's zone, if it has one).
+    unsafe {
+        let peers = (*target.uscf).peer.data as *mut ngx_http_upstream_rr_peers_t;
+        let p = peers.as_ref()?;
+        (p.number == 1 && p.next.is_null() && !p.peer.is_null()).then_some((peers, p.peer))
+    }
+}
+
+/// Records how an attempt on a one-server upstream ended (its state `before` nginx's
+/// free), and says it once per episode.
+fn record_single(
+    target: &Target,
+    peers: *mut ngx_http_upstream_rr_peers_t,
+    peer: *mut ngx_http_upstream_rr_peer_t,
+    before: PeerState,
+    failed: bool,
+    failure: Failure,
+    log: *mut ngx_log_t,
+) {
+    let mut s = target.rule(before);
+    let change = health::record(&mut s, failed, ngx_time());
+    // SAFETY: the upstream's one peer, under nginx's round-robin locks.
+    let name = unsafe {
+        with_peer_mut(peers, peer, |p| {
+            s.write_to(p);
+            p.name.to_string()
+        })
+    };
+    // SAFETY: nginx's cached time, read in the worker that updates it.
+    let now = unsafe { ngx_current_msec };
+    match change {
+        Change::WentDown => {
+            let why = match failure {
+                Failure::Timeout => "timed out",
+                _ => "refused or closed the connection",
+            };
+            health::log_down(log, &name, s.fails, s.fail_timeout, why);
+            target.episode.set(Episode {
+                since: Some(now),
+                fell_back: 0,
+            });
+        }
+        Change::CameBack => {
+            health::log_back(log, &name, target.episode.take(), now);
+        }
+        Change::None => {}
     }
 }

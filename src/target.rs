@@ -11,6 +11,7 @@ use core::ptr;
 
 use ngx::ffi::*;
 
+use crate::health::{Episode, PeerState};
 use crate::pool::IdlePool;
 
 /// One upstream used by `rcache_pass`; shared by all locations passing to it.
@@ -24,7 +25,31 @@ pub struct Target {
     /// speak the meta protocol (older memcached, some proxies), so lookups use the
     /// classic commands until the next reload.
     pub classic_only: Cell<bool>,
+    /// This worker's view of the down episode of the upstream's server, when it has only
+    /// one (`health.rs`).
+    pub episode: Cell<Episode>,
 }
+
+impl Target {
+    /// `state` of the upstream's lone server, with the `max_fails` / `fail_timeout` rcache
+    /// applies: the server's own, or for `rcache_pass host:port` (which has no `server`
+    /// line to set them: nginx leaves them 0) nginx's defaults, 1 and 10 s.
+    pub fn rule(&self, mut state: PeerState) -> PeerState {
+        // SAFETY: the upstream lives as long as the configuration; implicit upstreams
+        // (`rcache_pass host:port`) have no srv_conf.
+        let implicit = unsafe { (*self.uscf).srv_conf.is_null() };
+        if implicit && state.max_fails == 0 {
+            state.max_fails = IMPLICIT_MAX_FAILS;
+            state.fail_timeout = IMPLICIT_FAIL_TIMEOUT;
+        }
+        state
+    }
+}
+
+/// `rcache_pass host:port`: a server is down after this many failures ...
+pub const IMPLICIT_MAX_FAILS: ngx_uint_t = 1;
+/// ... for this many seconds.
+pub const IMPLICIT_FAIL_TIMEOUT: time_t = 10;
 
 /// Every upstream of the configuration that `rcache_pass` uses.
 #[repr(C)]
@@ -86,6 +111,7 @@ impl Targets {
                     balancer_init_peer: None,
                     idle: IdlePool::new(),
                     classic_only: Cell::new(false),
+                    episode: Cell::new(Episode::default()),
                 },
             );
             let slot = ngx_array_push(self.list) as *mut *mut Target;

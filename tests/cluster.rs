@@ -451,6 +451,10 @@ fn skip_lines(log: &str) -> Vec<&str> {
     )
 }
 
+fn error_lines(log: &str) -> Vec<&str> {
+    lines_with(log, &["[error]"])
+}
+
 fn serious_lines(log: &str) -> Vec<&str> {
     log.lines()
         .filter(|l| l.contains("[alert]") || l.contains("[crit]") || l.contains("[emerg]"))
@@ -1215,9 +1219,10 @@ fn max_fails_0_never_marks_a_server_down() {
 }
 
 #[test]
-fn a_single_server_upstream_is_never_marked_down() {
-    // nginx's own rule for a single peer: it is always tried.
-    const REQUESTS: usize = 5;
+fn a_single_server_upstream_is_marked_down_said_once_probed_once_per_fail_timeout() {
+    // nginx never marks the only server of an upstream down (it tries it on every
+    // request, one connect and one error line each); rcache does, by nginx's own rule.
+    const REQUESTS: usize = 40;
     let mut mc = Memcached::start();
     let key = Key {
         key: "/single/page".into(),
@@ -1232,7 +1237,7 @@ fn a_single_server_upstream_is_never_marked_down() {
     let nginx = Nginx::builder()
         .var("app", app.port())
         .http(&format!(
-            "upstream mc {{ rcache_hash rendezvous; server {} max_fails=1 fail_timeout=30s; }}",
+            "upstream mc {{ rcache_hash rendezvous; server {} max_fails=1 fail_timeout=1s; }}",
             mc.addr()
         ))
         .http(&server_block(""))
@@ -1244,21 +1249,142 @@ fn a_single_server_upstream_is_never_marked_down() {
         assert_eq!(get(nginx.port(), &key), Got::Error, "request {n}");
     }
     let log = nginx.error_log_since(offset);
-    assert_eq!(connect_failures(&log, &mc.addr()).len(), REQUESTS, "{log}");
-    assert!(down_lines(&log, &mc.addr()).is_empty(), "{log}");
-    assert!(skip_lines(&log).is_empty(), "{log}");
+    assert_eq!(
+        connect_failures(&log, &mc.addr()).len(),
+        1,
+        "one attempt:\n{log}"
+    );
+    let down = down_lines(&log, &mc.addr());
+    assert_eq!(down.len(), 1, "said once:\n{log}");
+    assert!(
+        down[0].contains("(refused or closed the connection)"),
+        "{}",
+        down[0]
+    );
+    assert_eq!(
+        error_lines(&log).len(),
+        2,
+        "nothing else at error level:\n{log}"
+    );
+
+    // Still dead after fail_timeout: one request tries it (one more connect line).
+    thread::sleep(Duration::from_millis(2100));
+    for _ in 0..10 {
+        assert_eq!(get(nginx.port(), &key), Got::Error);
+    }
+    let log = nginx.error_log_since(offset);
+    assert_eq!(
+        connect_failures(&log, &mc.addr()).len(),
+        2,
+        "one probe:\n{log}"
+    );
+    assert_eq!(down_lines(&log, &mc.addr()).len(), 1, "{log}");
+
+    // Back: the first request after fail_timeout finds it, and it is said once.
     mc.restart();
     write_keys(
         Writer::Pymemcache,
         &[mc.addr()],
         std::slice::from_ref(&key.key),
     );
-    assert_eq!(
-        get(nginx.port(), &key),
-        Got::Hit,
-        "at once after the restart"
+    thread::sleep(Duration::from_millis(2100));
+    assert_eq!(get(nginx.port(), &key), Got::Hit);
+    assert_eq!(get(nginx.port(), &key), Got::Hit);
+    let log = nginx.error_log_since(offset);
+    let back = lines_with(&log, &["[notice]", "answers again, after"]);
+    assert_eq!(back.len(), 1, "{log}");
+    assert!(
+        // All but the failed attempt and the probe went without trying it.
+        back[0].contains(&format!("{} request(s)", REQUESTS + 10 - 2)),
+        "counts what fell back: {}",
+        back[0]
     );
-    assert_no_serious_log_lines(&nginx);
+    assert_eq!(app.requests(), REQUESTS + 10);
+}
+
+#[test]
+fn rcache_pass_host_port_marks_its_server_down_on_the_first_failure() {
+    // `rcache_pass 127.0.0.1:PORT` (no upstream block): nginx's defaults, max_fails=1
+    // fail_timeout=10s.
+    let mut mc = Memcached::start();
+    let app = App::start();
+    let nginx = Nginx::builder()
+        .var("app", app.port())
+        .var("mc", mc.port())
+        .http(
+            "server {
+                listen 127.0.0.1:{port};
+                add_header X-Rcache-Status $rcache_status always;
+                location / { rcache_pass 127.0.0.1:{mc}; rcache_fallback @app; }
+                location @app { proxy_pass http://127.0.0.1:{app}; }
+            }",
+        )
+        .start();
+    mc.set_raw(b"/p", b"page", 0, 0);
+    assert_eq!(http::get(nginx.port(), "/p").text(), "page");
+    mc.stop();
+    let offset = nginx.error_log_len();
+    for _ in 0..100 {
+        let r = http::get(nginx.port(), "/p");
+        assert_eq!(r.status, 200);
+        assert_eq!(r.header("X-Rcache-Status"), Some("ERROR"));
+    }
+    let log = nginx.error_log_since(offset);
+    assert_eq!(connect_failures(&log, &mc.addr()).len(), 1, "{log}");
+    let down = down_lines(&log, &mc.addr());
+    assert_eq!(down.len(), 1, "{log}");
+    assert!(
+        down[0].contains("for 10s"),
+        "nginx's default fail_timeout: {}",
+        down[0]
+    );
+    assert_eq!(error_lines(&log).len(), 2, "{log}");
+}
+
+#[test]
+fn a_stalled_single_server_costs_one_read_timeout_per_fail_timeout() {
+    let mc = Memcached::start();
+    let app = App::start();
+    let nginx = Nginx::builder()
+        .var("app", app.port())
+        .var("mc", mc.port())
+        .http(
+            "upstream mc { server 127.0.0.1:{mc} max_fails=1 fail_timeout=5s; }
+             server {
+                listen 127.0.0.1:{port};
+                add_header X-Rcache-Status $rcache_status always;
+                location / { rcache_pass mc; rcache_fallback @app; rcache_read_timeout 300ms; }
+                location @app { proxy_pass http://127.0.0.1:{app}; }
+            }",
+        )
+        .start();
+    mc.set_raw(b"/p", b"page", 0, 0);
+    assert_eq!(http::get(nginx.port(), "/p").text(), "page");
+    mc.pause();
+    let offset = nginx.error_log_len();
+    let t0 = std::time::Instant::now();
+    let first = http::get(nginx.port(), "/p");
+    assert_eq!(first.header("X-Rcache-Status"), Some("ERROR"));
+    assert!(
+        t0.elapsed() >= Duration::from_millis(250),
+        "waited one read timeout"
+    );
+    // The others do not wait: straight to the fallback.
+    let t1 = std::time::Instant::now();
+    for _ in 0..20 {
+        let r = http::get(nginx.port(), "/p");
+        assert_eq!(r.header("X-Rcache-Status"), Some("ERROR"));
+    }
+    assert!(
+        t1.elapsed() < Duration::from_millis(1000),
+        "20 requests without a timeout each: {:?}",
+        t1.elapsed()
+    );
+    mc.resume();
+    let log = nginx.error_log_since(offset);
+    let down = down_lines(&log, &mc.addr());
+    assert_eq!(down.len(), 1, "{log}");
+    assert!(down[0].contains("(timed out)"), "{}", down[0]);
 }
 
 #[test]
@@ -2473,4 +2599,39 @@ fn rcache_hash_duplicate_server_line_is_rejected_with_a_clear_message() {
     assert!(line.contains("rcache_hash"), "{line}");
     assert!(line.contains("\"127.0.0.1:11211\""), "{line}");
     assert!(line.contains("is listed twice"), "{line}");
+}
+
+#[test]
+fn with_a_zone_the_workers_share_a_lone_servers_down_state() {
+    let mut mc = Memcached::start();
+    let key = Key {
+        key: "/zoned/page".into(),
+        url: "/zoned/page".into(),
+    };
+    let app = App::start();
+    let nginx = Nginx::builder()
+        .workers(2)
+        .var("app", app.port())
+        .http(&format!(
+            "upstream mc {{ zone lone 64k; server {} max_fails=1 fail_timeout=30s; }}",
+            mc.addr()
+        ))
+        .http(&server_block(""))
+        .start();
+    mc.stop();
+    let offset = nginx.error_log_len();
+    for n in 1..=60 {
+        assert_eq!(get(nginx.port(), &key), Got::Error, "request {n}");
+    }
+    let log = nginx.error_log_since(offset);
+    // Both workers answered, but only the first failure tried the server.
+    let workers: std::collections::BTreeSet<u32> = log
+        .lines()
+        .filter(|l| l.contains("[error]"))
+        .map(pid_of)
+        .collect();
+    assert_eq!(connect_failures(&log, &mc.addr()).len(), 1, "{log}");
+    assert_eq!(down_lines(&log, &mc.addr()).len(), 1, "{log}");
+    assert_eq!(workers.len(), 1, "{log}");
+    assert_eq!(app.requests(), 60);
 }

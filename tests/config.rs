@@ -807,11 +807,13 @@ fn read_timeout_at_http_level() {
         port,
         &format!(
             "rcache_read_timeout 1500ms;
+             # Both requests must meet the silent server (not find it marked down).
+             upstream silent {{ server 127.0.0.1:{{mc}} max_fails=0; }}
              server {{
                  listen 127.0.0.1:{{port}};
                  rcache_fallback @app;
-                 location /inherit/ {{ rcache_pass 127.0.0.1:{{mc}}; }}
-                 location /own/ {{ rcache_pass 127.0.0.1:{{mc}}; rcache_read_timeout 900ms; }}
+                 location /inherit/ {{ rcache_pass silent; }}
+                 location /own/ {{ rcache_pass silent; rcache_read_timeout 900ms; }}
                  {APP_LOCATION}
              }}"
         ),

@@ -150,7 +150,7 @@ fn fault_fake() -> FakeMemcached {
 
 /// The server block every test uses: `/` falls back to `@app`, `/nofb/` has no fallback,
 /// `/ep/` has none either but catches 502/504 with `error_page`. Placeholders: `{mc}`
-/// (host:port or upstream), `{app}`, `{rt}` (read timeout).
+/// (the upstream), `{app}`, `{rt}` (read timeout).
 const SERVER: &str = "
     server {
         listen 127.0.0.1:{port};
@@ -183,9 +183,13 @@ impl Rig {
 
     fn start_with(mc: &str, read_timeout: Duration) -> Rig {
         let app = App::start();
+        // Each fault here must cost its own request only: the one server is never marked
+        // down (`max_fails=0`), which it would be for 10 s after a failure with
+        // `rcache_pass host:port` (tests/cluster.rs tests that).
         let nginx = Nginx::builder()
             .workers(1)
-            .var("mc", mc)
+            .http(&format!("upstream faulty {{ server {mc} max_fails=0; }}"))
+            .var("mc", "faulty")
             .var("app", app.port())
             .var("rt", format!("{}ms", read_timeout.as_millis()))
             .http(SERVER)

@@ -580,8 +580,11 @@ fn frozen_memcached_falls_back_within_the_read_timeout() {
         .workers(2)
         .var("mc", mc.port())
         .var("app", app.port())
+        // Every request must meet the frozen server (rather than finding it marked down
+        // after the first timeout, tests/cluster.rs): max_fails=0.
+        .http("upstream frozen { server 127.0.0.1:{mc} max_fails=0; }")
         .http(&server(
-            "127.0.0.1:{mc}",
+            "frozen",
             "rcache_read_timeout 300ms; rcache_connect_timeout 200ms;",
         ))
         .start();

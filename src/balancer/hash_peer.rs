@@ -19,6 +19,7 @@ use ngx::ffi::*;
 use ngx::http::HttpModuleServerConf;
 use ngx::ngx_log_error;
 
+use super::peers::{nth_peer, with_peer, with_peer_mut, PeerLock, PeersLock};
 use super::ring::{Algorithm, Ring};
 use super::servers::ServerName;
 use crate::conf;
@@ -264,7 +265,12 @@ unsafe extern "C" fn get_hash_peer(pc: *mut ngx_peer_connection_t, data: *mut c_
     // SAFETY: a peer of these peers, locked for writing while it is changed.
     let (_peer_lock, p) = unsafe { (PeerLock::new(peers, peer), &mut *peer) };
     let now = ngx_time();
-    if p.down != 0 || recently_failed(p, now) || (p.max_conns != 0 && p.conns >= p.max_conns) {
+    // A server alone in its upstream is marked down by rcache's own rule (`health.rs`),
+    // which has let this request through.
+    // SAFETY: the peers, locked for reading above.
+    let single = unsafe { (*peers).number == 1 };
+    let failed = !single && recently_failed(p, now);
+    if p.down != 0 || failed || (p.max_conns != 0 && p.conns >= p.max_conns) {
         debug!(
             pc.log,
             "rcache_hash: key's server {} is down or busy", p.name
@@ -398,126 +404,4 @@ fn is_marked_down(p: &ngx_http_upstream_rr_peer_t) -> bool {
 
 fn recently_failed(p: &ngx_http_upstream_rr_peer_t, now: time_t) -> bool {
     is_marked_down(p) && now - p.checked <= p.fail_timeout
-}
-
-/// The `index`-th peer, in the order of the `server` lines.
-///
-/// # Safety
-/// `peers` must be locked for reading.
-unsafe fn nth_peer(
-    peers: *mut ngx_http_upstream_rr_peers_t,
-    index: usize,
-) -> Option<*mut ngx_http_upstream_rr_peer_t> {
-    // SAFETY: the peer list is a NULL-terminated linked list.
-    unsafe {
-        let mut peer = (*peers).peer;
-        for _ in 0..index {
-            if peer.is_null() {
-                return None;
-            }
-            peer = (*peer).next;
-        }
-        (!peer.is_null()).then_some(peer)
-    }
-}
-
-/// Runs `f` on `peer` under the locks nginx's round-robin code uses.
-///
-/// # Safety
-/// `peer` must belong to `peers`.
-unsafe fn with_peer<T>(
-    peers: *mut ngx_http_upstream_rr_peers_t,
-    peer: *mut ngx_http_upstream_rr_peer_t,
-    f: impl FnOnce(&ngx_http_upstream_rr_peer_t) -> T,
-) -> T {
-    // SAFETY: per the contract above.
-    unsafe {
-        let _peers_lock = PeersLock::read(peers);
-        let _peer_lock = PeerLock::new(peers, peer);
-        f(&*peer)
-    }
-}
-
-/// Runs `f` on `peer`, to change it, under the round-robin locks.
-///
-/// # Safety
-/// `peer` must belong to `peers`.
-unsafe fn with_peer_mut<T>(
-    peers: *mut ngx_http_upstream_rr_peers_t,
-    peer: *mut ngx_http_upstream_rr_peer_t,
-    f: impl FnOnce(&mut ngx_http_upstream_rr_peer_t) -> T,
-) -> T {
-    // SAFETY: per the contract above.
-    unsafe {
-        let _peers_lock = PeersLock::read(peers);
-        let _peer_lock = PeerLock::new(peers, peer);
-        f(&mut *peer)
-    }
-}
-
-/// `ngx_http_upstream_rr_peers_rlock`/`unlock`: peers in a shared memory `zone` are
-/// shared by the workers and locked; others are per worker and are not.
-struct PeersLock(*mut ngx_http_upstream_rr_peers_t);
-
-impl PeersLock {
-    /// # Safety
-    /// `peers` must be valid for the lock's lifetime.
-    unsafe fn read(peers: *mut ngx_http_upstream_rr_peers_t) -> PeersLock {
-        #[cfg(ngx_feature = "http_upstream_zone")]
-        // SAFETY: per the contract above.
-        unsafe {
-            if !(*peers).shpool.is_null() {
-                ngx_rwlock_rlock(&mut (*peers).rwlock);
-            }
-        }
-        PeersLock(peers)
-    }
-}
-
-impl Drop for PeersLock {
-    fn drop(&mut self) {
-        #[cfg(ngx_feature = "http_upstream_zone")]
-        // SAFETY: the lock was taken in read() on the same peers.
-        unsafe {
-            if !(*self.0).shpool.is_null() {
-                ngx_rwlock_unlock(&mut (*self.0).rwlock);
-            }
-        }
-    }
-}
-
-/// `ngx_http_upstream_rr_peer_lock`/`unlock`.
-struct PeerLock(
-    *mut ngx_http_upstream_rr_peers_t,
-    *mut ngx_http_upstream_rr_peer_t,
-);
-
-impl PeerLock {
-    /// # Safety
-    /// `peer` must belong to `peers`, both valid for the lock's lifetime.
-    unsafe fn new(
-        peers: *mut ngx_http_upstream_rr_peers_t,
-        peer: *mut ngx_http_upstream_rr_peer_t,
-    ) -> PeerLock {
-        #[cfg(ngx_feature = "http_upstream_zone")]
-        // SAFETY: per the contract above.
-        unsafe {
-            if !(*peers).shpool.is_null() {
-                ngx_rwlock_wlock(&mut (*peer).lock);
-            }
-        }
-        PeerLock(peers, peer)
-    }
-}
-
-impl Drop for PeerLock {
-    fn drop(&mut self) {
-        #[cfg(ngx_feature = "http_upstream_zone")]
-        // SAFETY: the lock was taken in new() on the same peer.
-        unsafe {
-            if !(*self.0).shpool.is_null() {
-                ngx_rwlock_unlock(&mut (*self.1).lock);
-            }
-        }
-    }
 }

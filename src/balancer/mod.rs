@@ -7,6 +7,7 @@
 mod hash_peer;
 pub mod ketama;
 pub mod modula;
+pub mod peers;
 pub mod rendezvous;
 pub mod ring;
 pub mod servers;
