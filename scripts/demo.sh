@@ -296,12 +296,19 @@ wait "$mc_pid" 2>/dev/null || true
 mc_pid=""
 step ERROR 1 "memcached is down: rcache answers ERROR and hands the request to the app -- the visitor still gets the page, no 5xx" \
     "$base/about/"
+down_at=$(date +%s)
 
 say ""
 say "== starting memcached again (empty) on 127.0.0.1:$mc_port"
 start_memcached
-step MISS 1 "memcached is back, empty: MISS, the app renders and stores the page again" "$base/about/"
-step HIT 0 "... and the next visit is a HIT" "$base/about/"
+step ERROR 1 "memcached is back (empty), but rcache marked it down for fail_timeout (10 s for rcache_pass host:port): still ERROR, without even a connect attempt (one error log line per outage, not one per request); the app renders the page and stores it in memcached again" \
+    "$base/about/"
+wait_s=$((down_at + 11 - $(date +%s)))
+if [ "$wait_s" -gt 0 ]; then
+    say "   (waiting ${wait_s}s for fail_timeout to pass: then one request tries memcached again)"
+    sleep "$wait_s"
+fi
+step HIT 0 "fail_timeout has passed: rcache asks memcached again and finds the page the app stored -> HIT (and logs once that memcached answers again)" "$base/about/"
 
 say ""
 say "== nginx's access log (\$rcache_status is kept through the internal redirect):"
