@@ -31,6 +31,8 @@ mod balancer;
 mod commands;
 mod conf;
 mod front;
+#[cfg(test)]
+mod fuzz;
 mod gzip;
 mod handler;
 mod health;

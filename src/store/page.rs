@@ -109,6 +109,11 @@ pub fn decode(value: &[u8]) -> Option<Page<'_>> {
         let value = line[colon + 1..]
             .strip_prefix(b" ")
             .unwrap_or(&line[colon + 1..]);
+        // A value from memcached is not trusted: a bare LF or CR (or any control byte)
+        // would go into the response headers as it is.
+        if value.iter().any(|&b| (b < 0x20 && b != b'\t') || b == 0x7f) {
+            return None;
+        }
         if &line[..colon] == b"Status" {
             status = core::str::from_utf8(value).ok()?.parse().ok()?;
             if !(200..=599).contains(&status) {
@@ -123,6 +128,18 @@ pub fn decode(value: &[u8]) -> Option<Page<'_>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_header_value_with_a_control_byte_is_not_a_stored_page() {
+        for value in [&b"te\nxt/html"[..], b"text/html\r", b"a\0b", b"a\x7fb"] {
+            let mut v = b"RCACHE/1\r\nContent-Type: ".to_vec();
+            v.extend_from_slice(value);
+            v.extend_from_slice(b"\r\n\r\nbody");
+            assert!(decode(&v).is_none(), "{value:?}");
+        }
+        let tab = b"RCACHE/1\r\nContent-Type: text/html;\tcharset=utf-8\r\n\r\nbody";
+        assert!(decode(tab).is_some());
+    }
 
     #[test]
     fn round_trip_keeps_the_kept_headers_only() {
