@@ -54,6 +54,8 @@ pub struct Lookup {
     /// Whether this request's response may become the page (a GET that `rcache_store`
     /// would store): only such a request regenerates a stale page it wins.
     pub may_regenerate: bool,
+    /// memcached's reply was no valid answer: counted as a failure of the server.
+    pub malformed: Cell<bool>,
     /// Set while the rest of a large value is read into a second buffer.
     pub head: Cell<Option<Head>>,
     /// The return flags of an `mg` reply whose value is read in two buffers.
@@ -103,6 +105,7 @@ impl Lookup {
             key_len: key.len(),
             command,
             may_regenerate: true,
+            malformed: Cell::new(false),
             head: Cell::new(None),
             meta_flags: Cell::new(MetaFlags::default()),
             waits: Cell::new(0),

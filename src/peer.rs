@@ -240,6 +240,19 @@ unsafe extern "C" fn free_pooled_peer(
     let c = pc.connection;
     let failed = state & NGX_PEER_FAILED as ngx_uint_t != 0;
     let mut retry_fresh = false;
+    // A reply that was no valid answer ended the exchange as if it went well (rcache
+    // finished the upstream itself): it is a failure of the server all the same.
+    // SAFETY: the request this peer data was made for, still live.
+    let malformed =
+        !failed && lookup::Lookup::of(unsafe { &*pd.request }).is_some_and(|l| l.malformed.get());
+    if malformed {
+        pd.failure = Failure::Protocol;
+    }
+    let state = if malformed {
+        state | NGX_PEER_FAILED as ngx_uint_t
+    } else {
+        state
+    };
 
     if failed {
         // SAFETY: c is NULL or this request's open connection.
@@ -316,7 +329,7 @@ unsafe extern "C" fn free_pooled_peer(
         // SAFETY: targets live as long as the configuration.
         let target = unsafe { &*pd.target };
         // A stale pooled connection, retried on a new one, says nothing about the server.
-        let failed = failed && !retry_fresh;
+        let failed = (failed && !retry_fresh) || malformed;
         record_single(target, peers, peer, before, failed, pd.failure, pc.log);
     }
 
@@ -394,6 +407,7 @@ fn record_single(
         Change::WentDown => {
             let why = match failure {
                 Failure::Timeout => "timed out",
+                Failure::Protocol => "sent a reply that is no valid answer",
                 _ => "refused or closed the connection",
             };
             health::log_down(log, &name, s.fails, s.fail_timeout, why);

@@ -117,6 +117,7 @@ pub unsafe fn restart(r: *mut ngx_http_request_t) -> Status {
     // SAFETY: per the contract above.
     if let Some(lookup) = Lookup::of(unsafe { &*r }) {
         lookup.head.set(None);
+        lookup.malformed.set(false);
         lookup.meta_flags.set(MetaFlags::default());
         // The command was sent: rewind its buffer (as nginx does for a retry).
         // SAFETY: the lookup's one-buffer chain, in the request's pool.
@@ -346,6 +347,7 @@ fn invalid_reply<'a>(
     err: ProtocolError,
 ) -> Outcome<'a> {
     record_status(u, NGX_HTTP_BAD_GATEWAY);
+    lookup.malformed.set(true);
     ngx_log_error!(
         NGX_LOG_ERR,
         log(r),

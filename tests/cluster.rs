@@ -2635,3 +2635,38 @@ fn with_a_zone_the_workers_share_a_lone_servers_down_state() {
     assert_eq!(workers.len(), 1, "{log}");
     assert_eq!(app.requests(), 60);
 }
+
+#[test]
+fn a_lone_server_sending_garbage_is_marked_down_like_one_that_refuses() {
+    let fake = FakeMemcached::start(|_| vec![Step::write("HTTP/1.1 400 Bad Request\r\n\r\n")]);
+    let app = App::start();
+    let key = Key {
+        key: "/garbage/page".into(),
+        url: "/garbage/page".into(),
+    };
+    let nginx = Nginx::builder()
+        .var("app", app.port())
+        .http(&format!(
+            "upstream mc {{ server {} max_fails=1 fail_timeout=30s; }}",
+            fake.addr()
+        ))
+        .http(&server_block(""))
+        .start();
+    for n in 1..=20 {
+        assert_eq!(get(nginx.port(), &key), Got::Error, "request {n}");
+    }
+    assert_eq!(fake.requests().len(), 1, "asked once, then marked down");
+    let log = nginx.error_log();
+    let down = down_lines(&log, &fake.addr().to_string());
+    assert_eq!(down.len(), 1, "{log}");
+    assert!(
+        down[0].contains("(sent a reply that is no valid answer)"),
+        "{}",
+        down[0]
+    );
+    assert_eq!(
+        error_lines(&log).len(),
+        2,
+        "the reply's line and the down line:\n{log}"
+    );
+}
