@@ -7,6 +7,7 @@
 //! balancer's own per-request init, which `peer.rs` wraps.
 
 use core::cell::Cell;
+use core::ffi::c_void;
 use core::ptr;
 
 use ngx::ffi::*;
@@ -95,15 +96,17 @@ impl Targets {
         if let Some(t) = self.find(uscf) {
             return Some(t);
         }
-        // SAFETY: allocated from the configuration pool and written before use.
+        // SAFETY: allocated from the configuration pool and written before use; dropped
+        // by the pool's cleanup, when the configuration goes away.
         unsafe {
-            let t = ngx_palloc(pool, size_of::<Target>()) as *mut Target;
-            if t.is_null() {
+            let cln = ngx_pool_cleanup_add(pool, size_of::<Target>());
+            if cln.is_null() {
                 return None;
             }
-            // Target holds Vecs: it is written in place and never dropped. In
-            // the master no Vec ever allocates (no requests run there), so
-            // discarding the pool on reload leaks nothing.
+            let t = (*cln).data as *mut Target;
+            // Target holds Vecs (a worker's idle connections, per server): dropped with
+            // the configuration's pool, at reload in the master and at a worker's exit.
+            (*cln).handler = Some(drop_target);
             ptr::write(
                 t,
                 Target {
@@ -122,4 +125,10 @@ impl Targets {
             Some(t)
         }
     }
+}
+
+/// The configuration's pool is going away: free what its [`Target`] holds.
+unsafe extern "C" fn drop_target(data: *mut c_void) {
+    // SAFETY: the Target for_upstream wrote into this cleanup's data, dropped once, here.
+    unsafe { ptr::drop_in_place(data as *mut Target) };
 }
