@@ -4,6 +4,7 @@
 #   scripts/install-deps.sh              # build + test + Debian nginx (what test.sh and demo.sh need)
 #   scripts/install-deps.sh --bench      # ... plus wrk (load generator)
 #   scripts/install-deps.sh --lint       # ... plus shellcheck (CI lints the scripts)
+#   scripts/install-deps.sh --proof      # ... plus wrk and valgrind (scripts/chaos, scripts/memcheck)
 #   scripts/install-deps.sh --runtime    # only what the demo needs with a prebuilt module
 #                                        # (nginx, memcached, python3, curl; used by the Dockerfile)
 #   scripts/install-deps.sh --print      # print the package list and exit
@@ -37,6 +38,7 @@ debian_nginx_pkgs=(nginx nginx-dev)
 test_pkgs=(python3-venv python3-pylibmc)
 bench_pkgs=(wrk valgrind strace python3-matplotlib)
 lint_pkgs=(shellcheck)
+proof_pkgs=(wrk valgrind)
 # Daemons shipped by the packages above that must not be left running / enabled.
 service_pkgs=(nginx memcached)
 
@@ -48,6 +50,7 @@ for arg in "$@"; do
     case $arg in
         --bench) extra+=("${bench_pkgs[@]}") ;;
         --lint) extra+=("${lint_pkgs[@]}") ;;
+        --proof) extra+=("${proof_pkgs[@]}") ;;
         --runtime) profile=runtime ;;
         --print) print_only=1 ;;
         -h | --help)
