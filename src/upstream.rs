@@ -50,8 +50,10 @@ pub fn prepare<'a>(
     let meta = lcf.meta_now();
     let stale = (lcf.stale_secs() > 0).then_some(lcf.stale_secs());
     // Only a request whose response can become the new page takes the win: a HEAD,
-    // or a query string rcache_store would not store, would use it up for nothing.
-    let may_regenerate = lcf.store != 1 || store::capture::refusal(r, lcf).is_none();
+    // or a query string rcache_store would not store, would use it up for nothing. (Wins
+    // exist only in the meta protocol: classic lookups skip the test.)
+    let may_regenerate =
+        meta && !purge && (lcf.store != 1 || store::capture::refusal(r, lcf).is_none());
     let (command, prefix, suffix) = if purge {
         if lcf.purge == PURGE_SOFT && meta {
             (

@@ -100,12 +100,17 @@ pub unsafe fn write(r: *mut ngx_http_request_t, lcf: &LocConf, key: &[u8], page:
 /// `md <key> I` marks the page stale again, so that the next request regenerates it while
 /// the others keep getting the stale page. Does not hold any request.
 pub fn release(lcf: &LocConf, key: &[u8]) {
+    meta_delete(lcf, key, &meta::invalidate_args(None));
+}
+
+/// Sends `md <key><args>` about a page of `lcf`, holding no request.
+fn meta_delete(lcf: &LocConf, key: &[u8], args: &[u8]) {
     if !meta_write_possible(lcf) {
         return;
     }
     let mut command = b"md ".to_vec();
     command.extend_from_slice(key);
-    command.extend_from_slice(&meta::invalidate_args(None));
+    command.extend_from_slice(args);
     start(lcf, key, command, None);
 }
 
@@ -115,13 +120,7 @@ pub fn release(lcf: &LocConf, key: &[u8]) {
 /// requests that find it overdue at once, the first hands it on; the others' CAS no
 /// longer matches.
 pub fn take_over(lcf: &LocConf, key: &[u8], cas: u64) {
-    if !meta_write_possible(lcf) {
-        return;
-    }
-    let mut command = b"md ".to_vec();
-    command.extend_from_slice(key);
-    command.extend_from_slice(&meta::take_over_args(cas, lcf.stale_secs()));
-    start(lcf, key, command, None);
+    meta_delete(lcf, key, &meta::take_over_args(cas, lcf.stale_secs()));
 }
 
 /// A request that won the regeneration or the lock of `key` got a response that is not
