@@ -6,19 +6,28 @@
 //! `server` line: the most common memcached setup — and keeps trying that server on every
 //! request, with a connect attempt and an `[error]` line each, for the whole outage. For
 //! a cache, whose every failure has a fallback, that is the wrong rule, so rcache applies
-//! it there itself (`peer.rs`), on the same fields of nginx's peer (shared by the workers
-//! when the upstream has a `zone`). The defaults are nginx's: `max_fails=1
-//! fail_timeout=10s`.
+//! it itself to one-server upstreams and to `rcache_hash` (`peer.rs`,
+//! `balancer/hash_peer.rs`), on state kept in shared memory (`health_zone.rs`). The
+//! defaults are nginx's: `max_fails=1 fail_timeout=10s`.
 //!
-//! Each episode is said once per worker: one `[error]` line when the server goes down
-//! (with the address and why), one `[notice]` line when it answers again (how long it was
-//! down, how many requests went to the fallback meanwhile); the requests in between log
-//! nothing above `debug`.
+//! Each episode is said once: one `[error]` line when the server goes down (with the
+//! address and why), one `[notice]` line when it answers again (how long it was down, how
+//! many requests went to the fallback meanwhile); the requests in between log nothing
+//! above `info`.
 
 use ngx::ffi::*;
 use ngx::ngx_log_error;
 
-/// The fields of nginx's round-robin peer that the rule reads and writes.
+use crate::outcome::Failure;
+
+/// A server's `max_fails` and `fail_timeout` (seconds).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Rule {
+    pub max_fails: ngx_uint_t,
+    pub fail_timeout: time_t,
+}
+
+/// What the rule reads and writes of a server (the fields nginx's round-robin peer has).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct PeerState {
     pub fails: ngx_uint_t,
@@ -76,38 +85,22 @@ pub fn record(s: &mut PeerState, failed: bool, now: time_t) -> Change {
     }
 }
 
-impl PeerState {
-    pub fn of(p: &ngx_http_upstream_rr_peer_t) -> PeerState {
-        PeerState {
-            fails: p.fails,
-            max_fails: p.max_fails,
-            fail_timeout: p.fail_timeout,
-            accessed: p.accessed,
-            checked: p.checked,
-        }
-    }
-
-    pub fn write_to(&self, p: &mut ngx_http_upstream_rr_peer_t) {
-        p.fails = self.fails;
-        p.accessed = self.accessed;
-        p.checked = self.checked;
-    }
-}
-
-/// This worker's view of a server's current down episode, for the line when it ends.
-#[derive(Clone, Copy, Debug, Default)]
+/// A server's current down episode, for the line when it ends.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Episode {
-    /// When this worker first found it down (`ngx_current_msec`).
+    /// When it went down (`ngx_current_msec`: the machine's monotonic clock, the same in
+    /// every worker and across reloads).
     pub since: Option<ngx_msec_t>,
-    /// Requests of this worker that went to the fallback because it was down.
+    /// Requests that went to the fallback without trying it, because it was down.
     pub fell_back: u64,
 }
 
-impl Episode {
-    /// A request of this worker found the server down at `now` (msec).
-    pub fn fell_back(&mut self, now: ngx_msec_t) {
-        self.since.get_or_insert(now);
-        self.fell_back += 1;
+/// Why an attempt failed, for the line that says the server went down.
+pub fn reason(failure: Failure) -> &'static str {
+    match failure {
+        Failure::Timeout => "timed out",
+        Failure::Protocol => "sent a reply that is no valid answer",
+        _ => "refused or closed the connection",
     }
 }
 
@@ -138,7 +131,7 @@ pub fn log_back(log: *mut ngx_log_t, name: &str, episode: Episode, now: ngx_msec
         NGX_LOG_NOTICE,
         log,
         "rcache: memcached server \"{}\" answers again, after {}.{:03}s down; {} request(s) \
-         of this worker went to the fallback without trying it meanwhile",
+         went to the fallback without trying it meanwhile",
         name,
         down_for / 1000,
         down_for % 1000,
@@ -212,13 +205,5 @@ mod tests {
         assert_eq!(record(&mut s, false, 101), Change::None);
         assert_eq!(s.fails, 1);
         assert_eq!(record(&mut s, true, 102), Change::WentDown);
-    }
-
-    #[test]
-    fn an_episode_counts_what_fell_back() {
-        let mut e = Episode::default();
-        e.fell_back(5000);
-        e.fell_back(7000);
-        assert_eq!((e.since, e.fell_back), (Some(5000), 2));
     }
 }

@@ -36,6 +36,7 @@ mod fuzz;
 mod gzip;
 mod handler;
 mod health;
+mod health_zone;
 mod key;
 mod lookup;
 mod meta;
@@ -138,5 +139,12 @@ unsafe extern "C" fn postconfiguration(cf: *mut ngx_conf_t) -> ngx_int_t {
         return Status::NGX_ERROR.into();
     }
     peer::wrap_balancers(&mcf.targets);
+    // SAFETY: the finished configuration and its targets.
+    let targets = ptr::from_ref(&mcf.targets).cast::<c_void>();
+    if mcf.targets.iter().next().is_some()
+        && !unsafe { health_zone::add(cf, target::attach_health, targets) }
+    {
+        return Status::NGX_ERROR.into();
+    }
     Status::NGX_OK.into()
 }

@@ -30,8 +30,6 @@ use ngx::ffi::*;
 use ngx::http::{HttpModuleLocationConf, HttpModuleMainConf};
 use ngx::ngx_log_error;
 
-use crate::balancer::peers::{with_peer, with_peer_mut};
-use crate::health::{self, Change, Episode, PeerState};
 use crate::lookup;
 use crate::outcome::Failure;
 use crate::pool::addr_bytes;
@@ -147,21 +145,10 @@ unsafe extern "C" fn get_pooled_peer(
     }
     // SAFETY: targets live as long as the configuration.
     let target = unsafe { &*pd.target };
-    if let Some((peers, peer)) = single_peer(target) {
-        // SAFETY: the upstream's one peer, under nginx's round-robin locks.
-        let admitted = unsafe {
-            with_peer_mut(peers, peer, |p| {
-                let mut s = target.rule(PeerState::of(p));
-                let admitted = health::admit(&mut s, ngx_time());
-                s.write_to(p);
-                admitted
-            })
-        };
+    if target.has_one_server() {
+        // nginx never marks an upstream's only server down: rcache does (`health.rs`).
+        let admitted = target.health.first().is_none_or(|h| h.admit(ngx_time()));
         if !admitted {
-            let mut episode = target.episode.get();
-            // SAFETY: nginx's cached time, read in the worker that updates it.
-            episode.fell_back(unsafe { ngx_current_msec });
-            target.episode.set(episode);
             debug!(
                 pc.log,
                 "rcache: the upstream's only memcached server is down: to the fallback"
@@ -196,6 +183,13 @@ unsafe extern "C" fn get_pooled_peer(
     }
     // SAFETY: the balancer set the server's address.
     let name = unsafe { &*pc.name };
+    // SAFETY: as above.
+    let addr = unsafe { addr_bytes(pc.sockaddr, pc.socklen) };
+    if target.has_own_rule() && target.health_of(addr).is_some_and(|h| h.marks_down()) {
+        // A failure is said once per episode, when it marks the server down
+        // (`health_zone.rs`), not in nginx's own line for each request that met it.
+        pc.set_log_error(ngx_connection_log_error_e_NGX_ERROR_INFO);
+    }
     if pd.fresh_only {
         debug!(
             pc.log,
@@ -204,11 +198,7 @@ unsafe extern "C" fn get_pooled_peer(
         return Status::NGX_OK.into();
     }
     // SAFETY: the address the balancer chose; the pool runs in this worker.
-    let idle = unsafe {
-        (*pd.target)
-            .idle
-            .take(addr_bytes(pc.sockaddr, pc.socklen), pc.log)
-    };
+    let idle = unsafe { (*pd.target).idle.take(addr, pc.log) };
     match idle {
         Some(c) => {
             debug!(
@@ -304,15 +294,6 @@ unsafe extern "C" fn free_pooled_peer(
         );
     }
 
-    // nginx's round-robin free forgets a lone server's failures: keep them for rcache's
-    // own rule, which runs after it.
-    // SAFETY: targets live as long as the configuration.
-    let single = single_peer(unsafe { &*pd.target });
-    let before = single.map(|(peers, peer)| {
-        // SAFETY: the upstream's one peer, under nginx's round-robin locks.
-        unsafe { with_peer(peers, peer, PeerState::of) }
-    });
-
     if let Some(balancer_free) = pd.balancer_free {
         // A stale pooled connection says nothing about the server: it must not
         // count against max_fails (NGX_PEER_NEXT: neither failed nor answered).
@@ -325,12 +306,17 @@ unsafe extern "C" fn free_pooled_peer(
         unsafe { balancer_free(pc, pd.balancer_data, state) };
     }
 
-    if let (Some((peers, peer)), Some(before)) = (single, before) {
-        // SAFETY: targets live as long as the configuration.
-        let target = unsafe { &*pd.target };
-        // A stale pooled connection, retried on a new one, says nothing about the server.
-        let failed = (failed && !retry_fresh) || malformed;
-        record_single(target, peers, peer, before, failed, pd.failure, pc.log);
+    // SAFETY: targets live as long as the configuration.
+    let target = unsafe { &*pd.target };
+    if target.has_own_rule() && !pc.sockaddr.is_null() {
+        // SAFETY: the address the balancer chose for this attempt.
+        let addr = unsafe { addr_bytes(pc.sockaddr, pc.socklen) };
+        if let Some(health) = target.health_of(addr) {
+            // A stale pooled connection, retried on a new one, says nothing about the
+            // server.
+            let failed = (failed && !retry_fresh) || malformed;
+            health.record_and_say(failed, pd.failure, pc.log);
+        }
     }
 
     if failed && pc.tries == 0 {
@@ -361,64 +347,5 @@ unsafe fn reusable(r: *mut ngx_http_request_t, c: *mut ngx_connection_t) -> bool
             && wr.timedout() == 0
             && ngx_terminate == 0
             && ngx_exiting == 0
-    }
-}
-
-/// The upstream's server, when it has exactly one (no second server, no backup): nginx's
-/// balancers never mark such a server down, so rcache does (`health.rs`).
-fn single_peer(
-    target: &Target,
-) -> Option<(
-    *mut ngx_http_upstream_rr_peers_t,
-    *mut ngx_http_upstream_rr_peer_t,
-)> {
-    // SAFETY: every balancer rcache composes with keeps nginx's round-robin peers in
-    // peer.data (in the upstream's zone, if it has one).
-    unsafe {
-        let peers = (*target.uscf).peer.data as *mut ngx_http_upstream_rr_peers_t;
-        let p = peers.as_ref()?;
-        (p.number == 1 && p.next.is_null() && !p.peer.is_null()).then_some((peers, p.peer))
-    }
-}
-
-/// Records how an attempt on a one-server upstream ended (its state `before` nginx's
-/// free), and says it once per episode.
-fn record_single(
-    target: &Target,
-    peers: *mut ngx_http_upstream_rr_peers_t,
-    peer: *mut ngx_http_upstream_rr_peer_t,
-    before: PeerState,
-    failed: bool,
-    failure: Failure,
-    log: *mut ngx_log_t,
-) {
-    let mut s = target.rule(before);
-    let change = health::record(&mut s, failed, ngx_time());
-    // SAFETY: the upstream's one peer, under nginx's round-robin locks.
-    let name = unsafe {
-        with_peer_mut(peers, peer, |p| {
-            s.write_to(p);
-            p.name.to_string()
-        })
-    };
-    // SAFETY: nginx's cached time, read in the worker that updates it.
-    let now = unsafe { ngx_current_msec };
-    match change {
-        Change::WentDown => {
-            let why = match failure {
-                Failure::Timeout => "timed out",
-                Failure::Protocol => "sent a reply that is no valid answer",
-                _ => "refused or closed the connection",
-            };
-            health::log_down(log, &name, s.fails, s.fail_timeout, why);
-            target.episode.set(Episode {
-                since: Some(now),
-                fell_back: 0,
-            });
-        }
-        Change::CameBack => {
-            health::log_back(log, &name, target.episode.take(), now);
-        }
-        Change::None => {}
     }
 }

@@ -11,9 +11,12 @@ use core::ffi::c_void;
 use core::ptr;
 
 use ngx::ffi::*;
+use ngx::http::HttpModuleServerConf;
 
-use crate::health::{Episode, PeerState};
-use crate::pool::IdlePool;
+use crate::health::Rule;
+use crate::health_zone::{ServerHealth, Table};
+use crate::pool::{addr_bytes, IdlePool};
+use crate::HttpRcacheModule;
 
 /// One upstream used by `rcache_pass`; shared by all locations passing to it.
 pub struct Target {
@@ -26,24 +29,63 @@ pub struct Target {
     /// speak the meta protocol (older memcached, some proxies), so lookups use the
     /// classic commands until the next reload.
     pub classic_only: Cell<bool>,
-    /// This worker's view of the down episode of the upstream's server, when it has only
-    /// one (`health.rs`).
-    pub episode: Cell<Episode>,
+    /// The health of each of the upstream's servers, in the order of its `server` lines
+    /// (`health_zone.rs`; set when shared memory is ready).
+    pub health: Vec<ServerHealth>,
 }
 
 impl Target {
-    /// `state` of the upstream's lone server, with the `max_fails` / `fail_timeout` rcache
-    /// applies: the server's own, or for `rcache_pass host:port` (which has no `server`
-    /// line to set them: nginx leaves them 0) nginx's defaults, 1 and 10 s.
-    pub fn rule(&self, mut state: PeerState) -> PeerState {
+    /// The `max_fails` / `fail_timeout` rcache applies to server `p` of this upstream: its
+    /// own, or for `rcache_pass host:port` (which has no `server` line to set them: nginx
+    /// leaves them 0) nginx's defaults, 1 and 10 s.
+    pub fn rule(&self, p: &ngx_http_upstream_rr_peer_t) -> Rule {
         // SAFETY: the upstream lives as long as the configuration; implicit upstreams
         // (`rcache_pass host:port`) have no srv_conf.
         let implicit = unsafe { (*self.uscf).srv_conf.is_null() };
-        if implicit && state.max_fails == 0 {
-            state.max_fails = IMPLICIT_MAX_FAILS;
-            state.fail_timeout = IMPLICIT_FAIL_TIMEOUT;
+        if implicit && p.max_fails == 0 {
+            return Rule {
+                max_fails: IMPLICIT_MAX_FAILS,
+                fail_timeout: IMPLICIT_FAIL_TIMEOUT,
+            };
         }
-        state
+        Rule {
+            max_fails: p.max_fails,
+            fail_timeout: p.fail_timeout,
+        }
+    }
+
+    /// Whether rcache marks this upstream's servers down itself (`health.rs`): when it has
+    /// one server (nginx's balancers never do), and with `rcache_hash` (whose balancer is
+    /// rcache's). Other balancers over several servers keep nginx's own rule.
+    pub fn has_own_rule(&self) -> bool {
+        self.has_one_server() || self.uses_rcache_hash()
+    }
+
+    /// Whether the upstream has exactly one server (no second one, no backup).
+    pub fn has_one_server(&self) -> bool {
+        // SAFETY: every balancer rcache composes with keeps nginx's round-robin peers in
+        // peer.data (in the upstream's zone, if it has one); their count is fixed.
+        unsafe {
+            let peers = (*self.uscf).peer.data as *const ngx_http_upstream_rr_peers_t;
+            peers
+                .as_ref()
+                .is_some_and(|p| p.number == 1 && p.next.is_null())
+        }
+    }
+
+    /// Whether the upstream balances with `rcache_hash`.
+    pub fn uses_rcache_hash(&self) -> bool {
+        // SAFETY: the upstream lives as long as the configuration; implicit upstreams
+        // have no srv_conf.
+        unsafe {
+            !(*self.uscf).srv_conf.is_null()
+                && HttpRcacheModule::server_conf(&*self.uscf).is_some_and(|h| h.is_used())
+        }
+    }
+
+    /// The health of the server at `addr` (sockaddr bytes, as a balancer chose it).
+    pub fn health_of(&self, addr: &[u8]) -> Option<&ServerHealth> {
+        self.health.iter().find(|h| h.addr() == addr)
     }
 }
 
@@ -114,7 +156,7 @@ impl Targets {
                     balancer_init_peer: None,
                     idle: IdlePool::new(),
                     classic_only: Cell::new(false),
-                    episode: Cell::new(Episode::default()),
+                    health: Vec::new(),
                 },
             );
             let slot = ngx_array_push(self.list) as *mut *mut Target;
@@ -125,6 +167,39 @@ impl Targets {
             Some(t)
         }
     }
+}
+
+/// `health_zone::OnReady` for a configuration's [`Targets`] (`data`): gives each server of
+/// each upstream its health entry, in the order of the `server` lines.
+///
+/// # Safety
+/// `data` must be the configuration's `Targets`, complete (after postconfiguration).
+pub unsafe fn attach_health(data: *const c_void, table: &mut Table) -> bool {
+    // SAFETY: per the contract above; each upstream's round-robin peers are built.
+    unsafe {
+        let targets = &*(data as *const Targets);
+        for t in targets.iter() {
+            let uscf = (*t).uscf;
+            let Some(peers) = ((*uscf).peer.data as *const ngx_http_upstream_rr_peers_t).as_ref()
+            else {
+                continue;
+            };
+            let host = (*uscf).host.as_bytes();
+            let mut slots = Vec::with_capacity(peers.number);
+            let mut p = peers.peer;
+            while let Some(peer) = p.as_ref() {
+                let addr = addr_bytes(peer.sockaddr, peer.socklen);
+                let name = peer.name.to_string();
+                let Some(slot) = table.server(host, &name, addr, (*t).rule(peer)) else {
+                    return false;
+                };
+                slots.push(slot);
+                p = peer.next;
+            }
+            (*t).health = slots;
+        }
+    }
+    true
 }
 
 /// The configuration's pool is going away: free what its [`Target`] holds.

@@ -439,8 +439,11 @@ fn down_lines<'a>(log: &'a str, addr: &str) -> Vec<&'a str> {
 
 /// rcache's line when `addr` is back.
 fn back_lines<'a>(log: &'a str, addr: &str) -> Vec<&'a str> {
-    let line = format!("rcache: memcached server \"{addr}\" answers again");
-    lines_with(log, &["[warn]", &line])
+    let line = format!("rcache: memcached server \"{addr}\" answers again, after ");
+    lines_with(
+        log,
+        &["[notice]", &line, "went to the fallback without trying it"],
+    )
 }
 
 /// rcache's info line for a request skipped because its server is down.
@@ -1087,9 +1090,15 @@ fn a_server_that_stays_dead_is_probed_once_per_fail_timeout_and_logged_once() {
     );
     assert_eq!(skip_lines(&log).len(), dead_requests.get() - 2, "{log}");
     assert_eq!(
-        lines_with(&log, &["temporarily disabled"]).len(),
-        2,
-        "{log}"
+        lines_with(&log, &["temporarily disabled"]),
+        Vec::<&str>::new(),
+        "nginx's own line for each failure is not written: rcache's says it once"
+    );
+    assert!(
+        connect_failures(&log, &addr)
+            .iter()
+            .all(|l| l.contains("[info]")),
+        "the failed attempts themselves are info lines:\n{log}"
     );
 
     // Back, empty: after fail_timeout its keys are MISSes (memcached answers), not ERRORs.
@@ -1262,9 +1271,9 @@ fn a_single_server_upstream_is_marked_down_said_once_probed_once_per_fail_timeou
         down[0]
     );
     assert_eq!(
-        error_lines(&log).len(),
-        2,
-        "nothing else at error level:\n{log}"
+        error_lines(&log),
+        down,
+        "nothing else at error level (the failed connect is an info line):\n{log}"
     );
 
     // Still dead after fail_timeout: one request tries it (one more connect line).
@@ -1338,7 +1347,104 @@ fn rcache_pass_host_port_marks_its_server_down_on_the_first_failure() {
         "nginx's default fail_timeout: {}",
         down[0]
     );
-    assert_eq!(error_lines(&log).len(), 2, "{log}");
+    assert_eq!(error_lines(&log), down, "{log}");
+}
+
+/// A server found down stays down for the workers of a reloaded configuration (rcache
+/// keeps the servers' health in a shared memory zone that nginx hands over): they do not
+/// try it again before its fail_timeout, and its episode goes on — one "down" line, one
+/// "answers again" line counting the requests of the old and the new workers.
+fn down_state_survives(change_config: bool) {
+    const BEFORE: usize = 5;
+    const AFTER: usize = 20;
+    let mut mc = Memcached::start();
+    let app = App::start();
+    let mc_addr = mc.addr();
+    let server = |extra: &str| {
+        format!(
+            "upstream mc {{ server {} max_fails=1 fail_timeout=3s; }}
+             server {{
+                listen 127.0.0.1:{{port}};
+                add_header X-Rcache-Status $rcache_status always;
+                location / {{ rcache_pass mc; rcache_fallback @app; }}
+                location @app {{ proxy_pass http://127.0.0.1:{{app}}; {extra} }}
+             }}",
+            mc_addr
+        )
+    };
+    let mut nginx = Nginx::builder()
+        .workers(2)
+        .var("app", app.port())
+        .http(&server(""))
+        .start();
+    mc.set_raw(b"/p", b"page", 0, 0);
+    assert_eq!(http::get(nginx.port(), "/p").text(), "page");
+    mc.stop();
+    let offset = nginx.error_log_len();
+    let failed_at = Instant::now();
+    for _ in 0..=BEFORE {
+        assert_eq!(
+            http::get(nginx.port(), "/p").header("X-Rcache-Status"),
+            Some("ERROR")
+        );
+    }
+    if change_config {
+        nginx.set_http(&server("proxy_set_header X-Reloaded yes;"));
+    }
+    let new_workers = nginx.reload();
+    for _ in 0..AFTER {
+        assert_eq!(
+            http::get(nginx.port(), "/p").header("X-Rcache-Status"),
+            Some("ERROR")
+        );
+    }
+    assert!(
+        failed_at.elapsed() < Duration::from_millis(2500),
+        "too slow to stay within fail_timeout (3s): {:?}",
+        failed_at.elapsed()
+    );
+    let log = nginx.error_log_since(offset);
+    assert_eq!(
+        connect_failures(&log, &mc.addr()).len(),
+        1,
+        "the new workers did not try it again:\n{log}"
+    );
+    assert_eq!(down_lines(&log, &mc.addr()).len(), 1, "{log}");
+
+    // Back after fail_timeout: said once, by a new worker, counting old and new requests.
+    mc.restart();
+    mc.set_raw(b"/p", b"page", 0, 0);
+    let back = wait_until(SECOND * 6, || {
+        http::get(nginx.port(), "/p").header("X-Rcache-Status") == Some("HIT")
+    });
+    let log = nginx.error_log_since(offset);
+    assert!(back, "not HIT again:\n{log}");
+    let backs = back_lines(&log, &mc.addr());
+    assert_eq!(backs.len(), 1, "{log}");
+    assert!(new_workers.contains(&pid_of(backs[0])), "{}", backs[0]);
+    let fell_back: usize = backs[0]
+        .split(" request(s) went")
+        .next()
+        .and_then(|head| head.rsplit(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no count in {}", backs[0]));
+    assert!(
+        fell_back >= BEFORE + AFTER,
+        "the old workers' {BEFORE} and the new workers' {AFTER} (and the polls): {}",
+        backs[0]
+    );
+    assert_eq!(connect_failures(&log, &mc.addr()).len(), 1, "{log}");
+    assert_no_serious_log_lines(&nginx);
+}
+
+#[test]
+fn a_reload_keeps_a_down_server_down() {
+    down_state_survives(false);
+}
+
+#[test]
+fn a_reload_with_a_changed_configuration_keeps_a_down_server_down() {
+    down_state_survives(true);
 }
 
 #[test]
@@ -2092,9 +2198,9 @@ fn client_per_worker(port: u16, workers: usize, probe: &Key) -> BTreeMap<u32, Ke
     );
 }
 
-/// Two workers, a killed server: with `zone`, the workers share its state (one connect,
-/// one "go to the fallback" and one "answers again" line in all); without, each worker
-/// finds out for itself (one of each per worker).
+/// Two workers, a killed server: with or without `zone` (rcache keeps the servers' health
+/// in a shared memory zone of its own), the workers share its state: one connect, one "go
+/// to the fallback" and one "answers again" line in all.
 fn down_state_across_workers(zone: bool) {
     const DEAD: usize = 1;
     const SKIPS: usize = 10;
@@ -2160,19 +2266,9 @@ fn down_state_across_workers(zone: bool) {
     let downs = per_worker(&down_lines(&log, &addr));
     let skips = per_worker(&skip_lines(&log));
     println!("{tag}: connects {connects:?}, down lines {downs:?}, skips {skips:?}");
-    if zone {
-        assert_eq!(connects, BTreeMap::from([(w1, 1)]), "{log}");
-        assert_eq!(downs, BTreeMap::from([(w1, 1)]), "{log}");
-        assert_eq!(skips, BTreeMap::from([(w1, SKIPS), (w2, SKIPS)]), "{log}");
-    } else {
-        assert_eq!(connects, BTreeMap::from([(w1, 1), (w2, 1)]), "{log}");
-        assert_eq!(downs, BTreeMap::from([(w1, 1), (w2, 1)]), "{log}");
-        assert_eq!(
-            skips,
-            BTreeMap::from([(w1, SKIPS), (w2, SKIPS - 1)]),
-            "{log}"
-        );
-    }
+    assert_eq!(connects, BTreeMap::from([(w1, 1)]), "{log}");
+    assert_eq!(downs, BTreeMap::from([(w1, 1)]), "{log}");
+    assert_eq!(skips, BTreeMap::from([(w1, SKIPS), (w2, SKIPS)]), "{log}");
 
     // Back: worker 2 polls until HIT, then worker 1 HITs at once.
     c.mcs[DEAD].restart();
@@ -2189,22 +2285,22 @@ fn down_state_across_workers(zone: bool) {
         "worker 1 after worker 2 saw it back"
     );
     let log = nginx.error_log_since(offset);
-    let backs = per_worker(&back_lines(&log, &addr));
-    if zone {
-        assert_eq!(backs, BTreeMap::from([(w2, 1)]), "{log}");
-    } else {
-        assert_eq!(backs, BTreeMap::from([(w1, 1), (w2, 1)]), "{log}");
-    }
-    assert_eq!(
-        connect_failures(&log, &addr).len(),
-        if zone { 1 } else { 2 },
-        "{log}"
+    let backs = back_lines(&log, &addr);
+    assert_eq!(per_worker(&backs), BTreeMap::from([(w2, 1)]), "{log}");
+    // Both workers' requests that did not try it (the polls included) are counted.
+    let skipped = skip_lines(&log).len();
+    assert!(skipped > 2 * SKIPS, "{log}");
+    assert!(
+        backs[0].contains(&format!("{skipped} request(s) went")),
+        "both workers' requests are counted ({skipped}): {}",
+        backs[0]
     );
+    assert_eq!(connect_failures(&log, &addr).len(), 1, "{log}");
     assert_no_serious_log_lines(&nginx);
 }
 
 #[test]
-fn without_a_zone_each_worker_finds_a_dead_server_itself() {
+fn without_a_zone_workers_share_a_dead_server_state_too() {
     down_state_across_workers(false);
 }
 

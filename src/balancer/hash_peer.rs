@@ -16,7 +16,7 @@ use core::ptr;
 
 use ngx::core::{Status, NGX_CONF_ERROR, NGX_CONF_OK};
 use ngx::ffi::*;
-use ngx::http::HttpModuleServerConf;
+use ngx::http::{HttpModuleLocationConf, HttpModuleServerConf};
 use ngx::ngx_log_error;
 
 use super::peers::{nth_peer, with_peer, with_peer_mut, PeerLock, PeersLock};
@@ -24,6 +24,7 @@ use super::ring::{Algorithm, Ring};
 use super::servers::ServerName;
 use crate::conf;
 use crate::lookup::{self, Lookup};
+use crate::target::Target;
 use crate::HttpRcacheModule;
 
 /// This module's configuration of an `upstream {}` block.
@@ -32,6 +33,13 @@ pub struct HashConf {
     /// `rcache_hash`; None: the upstream's own balancer.
     algorithm: Option<Algorithm>,
     ring: *const Ring,
+}
+
+impl HashConf {
+    /// Whether the upstream balances with `rcache_hash`.
+    pub fn is_used(&self) -> bool {
+        self.algorithm.is_some()
+    }
 }
 
 /// # Safety
@@ -210,6 +218,8 @@ struct HashPeerData {
     rrp: ngx_http_upstream_rr_peer_data_t,
     request: *mut ngx_http_request_t,
     ring: *const Ring,
+    /// Where the servers' health is (`health_zone.rs`).
+    target: *const Target,
 }
 
 unsafe extern "C" fn init_hash_peer(
@@ -233,8 +243,12 @@ unsafe extern "C" fn init_hash_peer(
         let Some(hcf) = HttpRcacheModule::server_conf(&*us) else {
             return Status::NGX_ERROR.into();
         };
+        let Some(lcf) = HttpRcacheModule::location_conf(&*r) else {
+            return Status::NGX_ERROR.into();
+        };
         (*hp).request = r;
         (*hp).ring = hcf.ring;
+        (*hp).target = lcf.target;
         u.peer.get = Some(get_hash_peer);
         u.peer.free = Some(free_hash_peer);
         // One server holds the key: one try (rcache's peer layer adds the retry on a
@@ -264,17 +278,22 @@ unsafe extern "C" fn get_hash_peer(pc: *mut ngx_peer_connection_t, data: *mut c_
     };
     // SAFETY: a peer of these peers, locked for writing while it is changed.
     let (_peer_lock, p) = unsafe { (PeerLock::new(peers, peer), &mut *peer) };
-    let now = ngx_time();
-    // A server alone in its upstream is marked down by rcache's own rule (`health.rs`),
-    // which has let this request through.
-    // SAFETY: the peers, locked for reading above.
-    let single = unsafe { (*peers).number == 1 };
-    let failed = !single && recently_failed(p, now);
-    if p.down != 0 || failed || (p.max_conns != 0 && p.conns >= p.max_conns) {
+    if p.down != 0 || (p.max_conns != 0 && p.conns >= p.max_conns) {
         debug!(
             pc.log,
-            "rcache_hash: key's server {} is down or busy", p.name
+            "rcache_hash: key's server {} is marked down or busy", p.name
         );
+        return Status::NGX_BUSY.into();
+    }
+    // rcache's rule (`health.rs`); a server alone in its upstream has been admitted by
+    // rcache's peer layer already.
+    // SAFETY: the peers, locked for reading above.
+    let single = unsafe { (*peers).number == 1 };
+    // SAFETY: the target lives as long as the configuration.
+    let target = unsafe { &*hp.target };
+    let health = target.health.get(index);
+    if !single && !health.is_none_or(|h| h.admit(ngx_time())) {
+        debug!(pc.log, "rcache_hash: key's server {} is down", p.name);
         return Status::NGX_BUSY.into();
     }
     debug!(
@@ -293,9 +312,6 @@ unsafe extern "C" fn get_hash_peer(pc: *mut ngx_peer_connection_t, data: *mut c_
     pc.set_cached(0);
     pc.connection = ptr::null_mut();
     p.conns += 1;
-    if now - p.checked > p.fail_timeout {
-        p.checked = now;
-    }
     Status::NGX_OK.into()
 }
 
@@ -312,49 +328,17 @@ unsafe extern "C" fn free_hash_peer(
         return;
     }
     let peers = hp.rrp.peers;
-    // SAFETY (this and the with_peer calls below): peer belongs to peers.
-    let (before, was_down) = unsafe {
-        with_peer(peers, peer, |p| {
-            ((p.fails, p.accessed, p.checked), is_marked_down(p))
-        })
-    };
+    // rcache keeps the server's health itself (`peer.rs` records this attempt there):
+    // nginx's round-robin free only gives the connection back. Its own failure counts
+    // (which other users of the upstream, such as memcached_pass, go by) stay as they
+    // were, and it logs nothing.
+    // SAFETY (this and with_peer_mut below): peer belongs to peers.
+    let before = unsafe { with_peer(peers, peer, |p| (p.fails, p.accessed, p.checked)) };
+    let state = state & !(NGX_PEER_FAILED as ngx_uint_t);
     // SAFETY: nginx's round-robin free, on its own data (the head of ours).
     unsafe { ngx_http_upstream_free_round_robin_peer(pc, ptr::addr_of_mut!(hp.rrp).cast(), state) };
-    if state & NGX_PEER_NEXT as ngx_uint_t != 0 {
-        // A stale pooled connection, retried on a new one (peer.rs): it says
-        // nothing about the server, neither a failure nor an answer.
-        // SAFETY: as above.
-        unsafe { with_peer_mut(peers, peer, |p| (p.fails, p.accessed, p.checked) = before) };
-        return;
-    }
     // SAFETY: as above.
-    let (down, fail_timeout, fails, name) = unsafe {
-        with_peer(peers, peer, |p| {
-            (is_marked_down(p), p.fail_timeout, p.fails, p.server)
-        })
-    };
-
-    // One line when a server goes down, one when it is back: not one per request.
-    // SAFETY: the request's peer connection.
-    let log = unsafe { (*pc).log };
-    if down && !was_down {
-        ngx_log_error!(
-            NGX_LOG_ERR,
-            log,
-            "rcache: memcached server \"{}\" failed {} time(s): its keys go to the \
-             fallback for {}s",
-            name,
-            fails,
-            fail_timeout
-        );
-    } else if was_down && !down && state & NGX_PEER_FAILED as ngx_uint_t == 0 {
-        ngx_log_error!(
-            NGX_LOG_WARN,
-            log,
-            "rcache: memcached server \"{}\" answers again",
-            name
-        );
-    }
+    unsafe { with_peer_mut(peers, peer, |p| (p.fails, p.accessed, p.checked) = before) };
 }
 
 /// Where a store of `key` goes (`rcache_store`), outside any request's balancing.
@@ -368,8 +352,9 @@ pub struct StorePeer {
 /// ask); otherwise the first server of the upstream. `None` when that server is down.
 ///
 /// # Safety
-/// `uscf` must be an upstream rcache passes to, in a worker.
-pub unsafe fn store_peer(uscf: *mut ngx_http_upstream_srv_conf_t, key: &[u8]) -> Option<StorePeer> {
+/// `target` must be an upstream rcache passes to, in a worker.
+pub unsafe fn store_peer(target: &Target, key: &[u8]) -> Option<StorePeer> {
+    let uscf = target.uscf;
     // SAFETY: every balancer rcache composes with keeps nginx's round-robin peers in
     // peer.data; they are locked as the round-robin code locks them.
     unsafe {
@@ -387,7 +372,13 @@ pub unsafe fn store_peer(uscf: *mut ngx_http_upstream_srv_conf_t, key: &[u8]) ->
         let peer = nth_peer(peers, index)?;
         let _peer_lock = PeerLock::new(peers, peer);
         let p = &mut *peer;
-        if p.down != 0 || recently_failed(p, ngx_time()) {
+        let now = ngx_time();
+        let down = if target.has_own_rule() {
+            target.health.get(index).is_some_and(|h| h.is_down(now))
+        } else {
+            recently_failed(p, now)
+        };
+        if p.down != 0 || down {
             return None;
         }
         Some(StorePeer {

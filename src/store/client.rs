@@ -157,7 +157,7 @@ fn start(
 ) -> bool {
     let target = lcf.target;
     // SAFETY: the target of lcf's upstream, live for the configuration.
-    let Some(peer) = (unsafe { crate::balancer::store_peer((*target).uscf, key) }) else {
+    let Some(peer) = (unsafe { crate::balancer::store_peer(&*target, key) }) else {
         debug!(cycle_log(), "rcache: store: the key's server is down");
         return false;
     };
