@@ -35,12 +35,14 @@ debian_nginx_pkgs=(nginx nginx-dev)
 # Optional groups.
 # The cluster tests write keys with the clients apps use (pylibmc from Debian; pymemcache
 # comes from PyPI into target/pyenv, see scripts/python-env.sh).
-test_pkgs=(python3-venv python3-pylibmc)
+# tests/metrics.rs checks the Prometheus page with promtool and scrapes it with a real
+# Prometheus server (both in Debian's prometheus package).
+test_pkgs=(python3-venv python3-pylibmc prometheus)
 bench_pkgs=(wrk valgrind strace python3-matplotlib)
 lint_pkgs=(shellcheck)
 proof_pkgs=(wrk valgrind)
 # Daemons shipped by the packages above that must not be left running / enabled.
-service_pkgs=(nginx memcached)
+service_pkgs=(nginx memcached prometheus)
 
 want=()
 profile=full

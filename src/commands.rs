@@ -11,7 +11,7 @@ use ngx::ffi::*;
 use ngx::ngx_string;
 
 use crate::conf::{self, LocConf};
-use crate::{balancer, front, handler};
+use crate::{balancer, front, handler, metrics_conf, metrics_endpoint};
 
 const ANY: u32 = NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_HTTP_LOC_CONF;
 const LOC_OFFSET: ngx_uint_t = NGX_HTTP_LOC_CONF_OFFSET;
@@ -34,7 +34,7 @@ const fn command(
 }
 
 /// The module's directives.
-pub static mut COMMANDS: [ngx_command_t; 27] = [
+pub static mut COMMANDS: [ngx_command_t; 29] = [
     command(
         ngx_string!("rcache_pass"),
         NGX_HTTP_LOC_CONF | NGX_HTTP_LIF_CONF | NGX_CONF_TAKE1,
@@ -196,6 +196,22 @@ pub static mut COMMANDS: [ngx_command_t; 27] = [
         offset_of!(LocConf, hit_for_pass),
         ptr::null_mut(),
     ),
+    ngx_command_t {
+        name: ngx_string!("rcache_metrics_zone"),
+        type_: (NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE1) as ngx_uint_t,
+        set: Some(metrics_conf::set_zone),
+        conf: NGX_HTTP_MAIN_CONF_OFFSET,
+        offset: 0,
+        post: ptr::null_mut(),
+    },
+    ngx_command_t {
+        name: ngx_string!("rcache_metrics"),
+        type_: (NGX_HTTP_LOC_CONF | NGX_CONF_NOARGS) as ngx_uint_t,
+        set: Some(metrics_endpoint::set_metrics),
+        conf: NGX_HTTP_LOC_CONF_OFFSET,
+        offset: 0,
+        post: ptr::null_mut(),
+    },
     ngx_command_t {
         name: ngx_string!("rcache_front_zone"),
         type_: (NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE1) as ngx_uint_t,

@@ -20,7 +20,9 @@ use ngx::http::{
 use ngx::{ngx_conf_log_error, ngx_log_error};
 
 use crate::front::FrontConf;
+use crate::metrics::Zone;
 use crate::target::{Target, Targets};
+pub use crate::variables::VariableIndexes;
 use crate::HttpRcacheModule;
 
 /// Defaults: a cache must fail fast.
@@ -170,15 +172,6 @@ pub struct Fallback {
     pub line: ngx_uint_t,
 }
 
-/// Where rcache writes its variables in `r->variables` (-1: not yet known).
-#[derive(Clone, Copy)]
-#[repr(C)]
-pub struct VariableIndexes {
-    pub status: ngx_int_t,
-    pub front: ngx_int_t,
-    pub store: ngx_int_t,
-}
-
 /// Main (http-level) configuration.
 #[repr(C)]
 pub struct MainConf {
@@ -194,6 +187,10 @@ pub struct MainConf {
     /// Named-location fallbacks to verify once every server's named
     /// locations are known, as `NamedFallback`.
     pub named_fallbacks: *mut ngx_array_t,
+    /// `rcache_metrics_zone`, or NULL: nothing is counted.
+    pub metrics: *mut Zone,
+    /// Some location has `rcache_metrics`.
+    pub metrics_used: bool,
 }
 
 /// A location using `rcache_fallback @name`, and the server it is in.
@@ -223,10 +220,13 @@ pub unsafe extern "C" fn create_main_conf(cf: *mut ngx_conf_t) -> *mut c_void {
                     status: UNSET,
                     front: UNSET,
                     store: UNSET,
+                    lookup_time: UNSET,
                 },
                 store_used: false,
                 meta_used: false,
                 named_fallbacks,
+                metrics: ptr::null_mut(),
+                metrics_used: false,
             },
         );
         mcf.cast()

@@ -51,6 +51,10 @@ struct Shared {
     sentinel: ngx_rbtree_node_t,
     /// Most recently used first.
     lru: ngx_queue_t,
+    /// For `rcache_metrics`: pages kept, pages evicted for room, bytes of pages held.
+    insertions: u64,
+    evictions: u64,
+    used: u64,
 }
 
 /// One page, in shared memory: this header, then the key, then the value.
@@ -308,7 +312,7 @@ unsafe extern "C" fn init_zone(zone: *mut ngx_shm_zone_t, old: *mut c_void) -> n
             ctx.shared = (*shpool).data as *mut Shared;
             return Status::NGX_OK.into();
         }
-        let shared = ngx_slab_alloc(shpool, size_of::<Shared>()) as *mut Shared;
+        let shared = ngx_slab_calloc(shpool, size_of::<Shared>()) as *mut Shared;
         if shared.is_null() {
             return Status::NGX_ERROR.into();
         }
@@ -364,6 +368,8 @@ impl Locked<'_> {
         unsafe {
             ngx_rbtree_delete(&mut self.shared.tree, &mut (*e).sn.node);
             ngx_queue_remove(&mut (*e).lru);
+            let size = size_of::<Entry>() + (*e).sn.str_.len + (*e).value_len;
+            self.shared.used = self.shared.used.saturating_sub(size as u64);
             ngx_slab_free_locked(self.shpool, e.cast());
         }
     }
@@ -379,6 +385,7 @@ impl Locked<'_> {
             }
             let e = (last as *mut u8).sub(core::mem::offset_of!(Entry, lru)) as *mut Entry;
             self.remove(e);
+            self.shared.evictions += 1;
         }
         true
     }
@@ -495,7 +502,54 @@ pub unsafe fn keep(
         (*e).value_len = value.len();
         ngx_rbtree_insert(&mut z.shared.tree, &mut (*e).sn.node);
         ngx_queue_insert_after(&mut z.shared.lru, &mut (*e).lru);
+        z.shared.insertions += 1;
+        z.shared.used += size as u64;
     }
+}
+
+/// A front zone's figures, for `rcache_metrics`.
+#[derive(Clone, Debug, Default)]
+pub struct FrontFigures {
+    pub zone: String,
+    pub insertions: u64,
+    pub evictions: u64,
+    pub used_bytes: u64,
+    pub capacity_bytes: u64,
+}
+
+/// The figures of every front zone of `cycle`'s configuration, for `rcache_metrics`.
+///
+/// # Safety
+/// `cycle` must be the running cycle, in a worker.
+pub unsafe fn figures(cycle: *mut ngx_cycle_t) -> Vec<FrontFigures> {
+    let mut out = Vec::new();
+    // SAFETY: walks the cycle's shared memory list; our zones carry our tag and are set up.
+    unsafe {
+        let tag = ptr::from_ref(crate::module()).cast::<c_void>();
+        let mut part: *mut ngx_list_part_t = &mut (*cycle).shared_memory.part;
+        while !part.is_null() {
+            let zones =
+                slice::from_raw_parts_mut((*part).elts as *mut ngx_shm_zone_t, (*part).nelts);
+            for zone in zones {
+                if zone.tag.cast_const() != tag {
+                    continue;
+                }
+                let capacity_bytes = zone.shm.size as u64;
+                let name = zone.shm.name.to_string();
+                if let Some(z) = Locked::new(zone) {
+                    out.push(FrontFigures {
+                        zone: name,
+                        insertions: z.shared.insertions,
+                        evictions: z.shared.evictions,
+                        used_bytes: z.shared.used,
+                        capacity_bytes,
+                    });
+                }
+            }
+            part = (*part).next;
+        }
+    }
+    out
 }
 
 /// The rbtree key of a page key (FNV-1a).

@@ -11,7 +11,7 @@
 
 use core::ffi::c_void;
 use core::ptr;
-use core::sync::atomic::{AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
 
 use ngx::core::Status;
 use ngx::ffi::*;
@@ -26,7 +26,58 @@ const ZONE_NAME: &str = "rcache_health";
 pub const CAPACITY: usize = 512;
 /// The zone: the table plus the slab pool's own bookkeeping. Never change it lightly:
 /// a zone whose size changed is not handed to the new configuration at reload.
-const ZONE_SIZE: usize = 128 * 1024;
+const ZONE_SIZE: usize = 512 * 1024;
+
+/// Upper bounds (µs) of the lookup-time histogram's buckets; one more counts the rest.
+pub const BUCKETS_US: [u64; 9] = [
+    100, 500, 1_000, 5_000, 10_000, 50_000, 100_000, 500_000, 1_000_000,
+];
+
+/// What failed, for the failure counters.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FailureKind {
+    /// The connection was never made: refused, unreachable.
+    Refused,
+    /// Connect, send or read timeout.
+    Timeout,
+    /// Connected, then reset or closed.
+    Reset,
+    /// A reply that is no valid answer.
+    Malformed,
+}
+
+impl FailureKind {
+    pub const ALL: [FailureKind; 4] = [
+        FailureKind::Refused,
+        FailureKind::Timeout,
+        FailureKind::Reset,
+        FailureKind::Malformed,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            FailureKind::Refused => "refused",
+            FailureKind::Timeout => "timeout",
+            FailureKind::Reset => "reset",
+            FailureKind::Malformed => "malformed",
+        }
+    }
+}
+
+/// A server's counters (`rcache_metrics`), updated by every worker with atomics.
+#[repr(C)]
+pub struct ServerStats {
+    pub lookups: AtomicU64,
+    /// By [`FailureKind`], in the order of `FailureKind::ALL`.
+    pub failures: [AtomicU64; 4],
+    pub down_episodes: AtomicU64,
+    pub connections_opened: AtomicU64,
+    /// Idle pooled connections of all workers.
+    pub idle: AtomicI64,
+    /// Lookups per bucket of [`BUCKETS_US`] (not cumulative); the last: slower ones.
+    pub buckets: [AtomicU64; 10],
+    pub time_us: AtomicU64,
+}
 
 /// One server, in shared memory; written under the slab pool's mutex.
 #[repr(C)]
@@ -42,6 +93,7 @@ struct Entry {
     /// The current down episode's start (`ngx_current_msec`), 0 when up.
     down_since: ngx_msec_t,
     fell_back: u64,
+    stats: ServerStats,
 }
 
 #[repr(C)]
@@ -185,15 +237,9 @@ fn claim(shared: &mut Shared, key: u64) -> Option<*mut Entry> {
         .or_else(|| entries.iter().position(|e| e.generation + 1 < generation))?;
     let e = &mut entries[index];
     if e.generation == 0 || e.key != key {
-        *e = Entry {
-            key,
-            generation,
-            fails: AtomicUsize::new(0),
-            accessed: 0,
-            checked: 0,
-            down_since: 0,
-            fell_back: 0,
-        };
+        // SAFETY: every field of Entry is an integer or an atomic: all zeroes is valid.
+        *e = unsafe { core::mem::zeroed() };
+        e.key = key;
     }
     e.generation = generation;
     Some(e)
@@ -232,6 +278,23 @@ pub struct Recorded {
 impl ServerHealth {
     pub fn addr(&self) -> &[u8] {
         &self.addr
+    }
+
+    /// The address as the `server` line gave it.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Its counters, shared by the workers (and kept across reload).
+    pub fn stats(&self) -> &ServerStats {
+        // SAFETY: the entry is in shared memory mapped for the process's lifetime.
+        unsafe { &(*self.entry).stats }
+    }
+
+    /// Whether it is marked down now (for the `up` gauge).
+    pub fn marked_down(&self) -> bool {
+        let rule = self.rule;
+        !self.is_up() && self.locked(|e| state(e, rule).is_down())
     }
 
     /// Whether a request may try the server at `now`: not while it is down, except the
@@ -289,6 +352,7 @@ impl ServerHealth {
                     // 0 is "up": a clock that reads 0 is off by a millisecond.
                     e.down_since = now_msec.max(1);
                     e.fell_back = 0;
+                    e.stats.down_episodes.fetch_add(1, Ordering::Relaxed);
                 }
                 Change::CameBack => {
                     e.down_since = 0;
@@ -327,6 +391,26 @@ fn state(e: &Entry, rule: Rule) -> PeerState {
         fail_timeout: rule.fail_timeout,
         accessed: e.accessed,
         checked: e.checked,
+    }
+}
+
+impl ServerStats {
+    /// One attempt on the server ended after `us` microseconds; `failure` if it failed.
+    pub fn lookup(&self, us: u64, failure: Option<FailureKind>) {
+        self.lookups.fetch_add(1, Ordering::Relaxed);
+        if let Some(kind) = failure {
+            let i = FailureKind::ALL
+                .iter()
+                .position(|&k| k == kind)
+                .unwrap_or(0);
+            self.failures[i].fetch_add(1, Ordering::Relaxed);
+        }
+        let bucket = BUCKETS_US
+            .iter()
+            .position(|&bound| us <= bound)
+            .unwrap_or(BUCKETS_US.len());
+        self.buckets[bucket].fetch_add(1, Ordering::Relaxed);
+        self.time_us.fetch_add(us, Ordering::Relaxed);
     }
 }
 

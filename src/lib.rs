@@ -40,6 +40,11 @@ mod health_zone;
 mod key;
 mod lookup;
 mod meta;
+mod metrics;
+mod metrics_conf;
+mod metrics_endpoint;
+mod metrics_log;
+mod metrics_page;
 mod outcome;
 mod page_response;
 mod peer;
@@ -136,6 +141,14 @@ unsafe extern "C" fn postconfiguration(cf: *mut ngx_conf_t) -> ngx_int_t {
     }
     // SAFETY: the configuration is complete; its shared zones are listed.
     if !unsafe { front::check_zones(cf) } || !conf::check_named_fallbacks(cf, mcf) {
+        return Status::NGX_ERROR.into();
+    }
+    // SAFETY: the finished configuration.
+    if !unsafe { metrics_conf::postconfiguration(cf, mcf) } {
+        return Status::NGX_ERROR.into();
+    }
+    // SAFETY: as above; the handler only reads requests.
+    if !mcf.metrics.is_null() && !unsafe { metrics_log::install(cf) } {
         return Status::NGX_ERROR.into();
     }
     peer::wrap_balancers(&mcf.targets);

@@ -64,6 +64,8 @@ pub struct Lookup {
     pub waits: Cell<u32>,
     /// When the first of them was (`ngx_current_msec`).
     pub waiting_since: Cell<ngx_msec_t>,
+    /// Milliseconds spent on memcached attempts so far (`$rcache_lookup_time`).
+    pub time_ms: Cell<ngx_msec_t>,
     /// Runs the lookup again on a new upstream (set by the exchange that owns it,
     /// `upstream::restart`; called by `wait.rs` when a waiter's timer fires).
     pub restart: Option<Restart>,
@@ -110,6 +112,7 @@ impl Lookup {
             meta_flags: Cell::new(MetaFlags::default()),
             waits: Cell::new(0),
             waiting_since: Cell::new(0),
+            time_ms: Cell::new(0),
             restart: Some(restart),
         }
     }

@@ -24,17 +24,21 @@
 
 use core::ffi::c_void;
 use core::ptr;
+use core::sync::atomic::Ordering;
+use std::time::Instant;
 
 use ngx::core::Status;
 use ngx::ffi::*;
 use ngx::http::{HttpModuleLocationConf, HttpModuleMainConf};
 use ngx::ngx_log_error;
 
+use crate::health_zone::FailureKind;
 use crate::lookup;
 use crate::outcome::Failure;
 use crate::pool::addr_bytes;
 use crate::target::{Target, Targets};
 use crate::upstream;
+use crate::variables;
 use crate::HttpRcacheModule;
 
 /// Postconfiguration: wrap the per-request peer init of every rcache upstream.
@@ -65,6 +69,10 @@ struct PeerData {
     fresh_only: bool,
     /// What the last failed attempt ran into.
     failure: Failure,
+    /// When this attempt started: `ngx_current_msec` (for `$rcache_lookup_time`) and, when
+    /// `rcache_metrics` counts, the precise clock (for the lookup-time histogram).
+    started_msec: ngx_msec_t,
+    started: Option<Instant>,
 }
 
 /// `peer.init` of every upstream rcache passes to.
@@ -118,6 +126,8 @@ unsafe extern "C" fn init_pooled_peer(
                 exhausted: false,
                 fresh_only: false,
                 failure: Failure::Error,
+                started_msec: 0,
+                started: None,
             },
         )
     };
@@ -185,16 +195,26 @@ unsafe extern "C" fn get_pooled_peer(
     let name = unsafe { &*pc.name };
     // SAFETY: as above.
     let addr = unsafe { addr_bytes(pc.sockaddr, pc.socklen) };
-    if target.has_own_rule() && target.health_of(addr).is_some_and(|h| h.marks_down()) {
+    // SAFETY: nginx's cached time, read in the worker that updates it.
+    pd.started_msec = unsafe { ngx_current_msec };
+    let health = target.health_of(addr);
+    pd.started = (target.counting && health.is_some()).then(Instant::now);
+    if target.has_own_rule() && health.is_some_and(|h| h.marks_down()) {
         // A failure is said once per episode, when it marks the server down
         // (`health_zone.rs`), not in nginx's own line for each request that met it.
         pc.set_log_error(ngx_connection_log_error_e_NGX_ERROR_INFO);
     }
+    let count_connect = || {
+        if let (true, Some(h)) = (target.counting, health) {
+            h.stats().connections_opened.fetch_add(1, Ordering::Relaxed);
+        }
+    };
     if pd.fresh_only {
         debug!(
             pc.log,
             "rcache: memcached {}: retry on a new connection", name
         );
+        count_connect();
         return Status::NGX_OK.into();
     }
     // SAFETY: the address the balancer chose; the pool runs in this worker.
@@ -214,6 +234,7 @@ unsafe extern "C" fn get_pooled_peer(
                 pc.log,
                 "rcache: memcached {}: no idle connection, connecting", name
             );
+            count_connect();
             Status::NGX_OK.into()
         }
     }
@@ -273,12 +294,16 @@ unsafe extern "C" fn free_pooled_peer(
         // SAFETY: the request's upstream uses c.
         let reusable = unsafe { reusable(pd.request, c) };
         // SAFETY: c is open and finished; the pool runs in this worker.
-        let parked = reusable
-            && unsafe {
-                (*pd.target)
-                    .idle
-                    .put(c, addr_bytes(pc.sockaddr, pc.socklen), pd.keepalive)
-            };
+        // SAFETY: targets live as long as the configuration; this worker's only.
+        let target = unsafe { &mut *pd.target };
+        // SAFETY: the address the balancer chose.
+        let addr = unsafe { addr_bytes(pc.sockaddr, pc.socklen) };
+        let gauge = match target.health_of(addr) {
+            Some(h) if target.counting => ptr::from_ref(&h.stats().idle),
+            _ => ptr::null(),
+        };
+        // SAFETY: c is open and finished; the pool runs in this worker.
+        let parked = reusable && unsafe { target.idle.put(c, addr, pd.keepalive, gauge) };
         if parked {
             pc.connection = ptr::null_mut();
         }
@@ -308,13 +333,28 @@ unsafe extern "C" fn free_pooled_peer(
 
     // SAFETY: targets live as long as the configuration.
     let target = unsafe { &*pd.target };
-    if target.has_own_rule() && !pc.sockaddr.is_null() {
-        // SAFETY: the address the balancer chose for this attempt.
-        let addr = unsafe { addr_bytes(pc.sockaddr, pc.socklen) };
-        if let Some(health) = target.health_of(addr) {
-            // A stale pooled connection, retried on a new one, says nothing about the
-            // server.
-            let failed = (failed && !retry_fresh) || malformed;
+    // SAFETY: the request this peer data was made for, still live.
+    let r = unsafe { &mut *pd.request };
+    // SAFETY: nginx's cached time, read in the worker that updates it.
+    let took_ms = unsafe { ngx_current_msec }.wrapping_sub(pd.started_msec);
+    if let Some(lookup) = lookup::Lookup::of(r) {
+        lookup.time_ms.set(lookup.time_ms.get() + took_ms);
+        variables::set_lookup_time(r, lookup.time_ms.get());
+    }
+    // SAFETY: NULL or the address the balancer chose for this attempt.
+    let health = (!pc.sockaddr.is_null())
+        .then(|| target.health_of(unsafe { addr_bytes(pc.sockaddr, pc.socklen) }))
+        .flatten();
+    if let Some(health) = health {
+        // A stale pooled connection, retried on a new one, says nothing about the
+        // server.
+        let failed = (failed && !retry_fresh) || malformed;
+        if let (Some(started), false) = (pd.started, retry_fresh) {
+            let us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+            let kind = failed.then(|| failure_kind(r, pd.failure));
+            health.stats().lookup(us, kind);
+        }
+        if target.has_own_rule() {
             health.record_and_say(failed, pd.failure, pc.log);
         }
     }
@@ -324,6 +364,28 @@ unsafe extern "C" fn free_pooled_peer(
         // connection, or to move the request on to the fallback.
         pc.tries = 1;
         pd.exhausted = !retry_fresh;
+    }
+}
+
+/// What kind of failure ended an attempt of `r`, for the counters.
+fn failure_kind(r: &ngx_http_request_t, failure: Failure) -> FailureKind {
+    match failure {
+        Failure::Timeout => FailureKind::Timeout,
+        Failure::Protocol => FailureKind::Malformed,
+        _ => {
+            // SAFETY: an rcache request's upstream, with the state of this attempt.
+            let connected = unsafe {
+                r.upstream
+                    .as_ref()
+                    .and_then(|u| u.state.as_ref())
+                    .is_some_and(|st| st.connect_time != ngx_msec_t::MAX)
+            };
+            if connected {
+                FailureKind::Reset
+            } else {
+                FailureKind::Refused
+            }
+        }
     }
 }
 

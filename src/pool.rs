@@ -18,6 +18,7 @@
 
 use core::ffi::c_void;
 use core::ptr;
+use core::sync::atomic::{AtomicI64, Ordering};
 
 use ngx::core::Status;
 use ngx::ffi::*;
@@ -90,6 +91,17 @@ pub struct ServerIdle {
     slots: Slots<*mut ngx_connection_t>,
     /// `rcache_keepalive` of the request that parked a connection last.
     keep: usize,
+    /// The server's idle-connection gauge for `rcache_metrics` (all workers), or NULL.
+    gauge: *const AtomicI64,
+}
+
+impl ServerIdle {
+    fn count(&self, delta: i64) {
+        // SAFETY: NULL, or a gauge in shared memory mapped for the process's lifetime.
+        if let Some(g) = unsafe { self.gauge.as_ref() } {
+            g.fetch_add(delta, Ordering::Relaxed);
+        }
+    }
 }
 
 /// All idle connections of one upstream in this worker.
@@ -125,7 +137,9 @@ impl IdlePool {
         addr: &[u8],
         log: *mut ngx_log_t,
     ) -> Option<*mut ngx_connection_t> {
-        let c = self.server(addr)?.slots.take()?;
+        let server = self.server(addr)?;
+        let c = server.slots.take()?;
+        server.count(-1);
         // SAFETY: parked connections are open and owned by the pool.
         unsafe {
             let cr = &mut *c;
@@ -154,7 +168,14 @@ impl IdlePool {
     /// # Safety
     /// `c` must be an open upstream connection that has finished a request
     /// cleanly; must run on the event loop thread of a worker.
-    pub unsafe fn put(&mut self, c: *mut ngx_connection_t, addr: &[u8], keep: usize) -> bool {
+    /// `gauge` (NULL or the server's idle-connection gauge) follows the count.
+    pub unsafe fn put(
+        &mut self,
+        c: *mut ngx_connection_t,
+        addr: &[u8],
+        keep: usize,
+        gauge: *const AtomicI64,
+    ) -> bool {
         if keep == 0 {
             return false;
         }
@@ -165,6 +186,7 @@ impl IdlePool {
                     addr: addr.to_vec(),
                     slots: Slots::new(),
                     keep,
+                    gauge,
                 }));
                 match self.servers.last_mut() {
                     Some(s) => &mut **s,
@@ -179,6 +201,7 @@ impl IdlePool {
             }
             (*server).keep = keep;
             let timeout = (*server).slots.put(c, ngx_current_msec, keep);
+            (*server).count(1);
             debug!(
                 (*c).log,
                 "rcache: pool: park connection {:p} ({} idle, keep {}, close after {} ms idle)",
@@ -252,7 +275,9 @@ unsafe extern "C" fn idle_read_handler(ev: *mut ngx_event_t) {
                 "memcached closed it or sent data"
             }
         );
-        server.slots.remove(c);
+        if server.slots.remove(c) {
+            server.count(-1);
+        }
         close(c);
     }
 }

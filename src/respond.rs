@@ -18,7 +18,9 @@ use ngx::{ngx_log_error, ngx_string};
 
 use crate::conf::LocConf;
 use crate::front;
-use crate::lookup::Lookup;
+use crate::lookup::{Command, Lookup};
+use crate::metrics::Counter;
+use crate::metrics_conf;
 use crate::outcome::{Failure, Outcome, Verdict};
 use crate::page_response;
 use crate::stale;
@@ -39,6 +41,9 @@ pub unsafe fn answer(r: *mut ngx_http_request_t, outcome: Outcome) -> Status {
     let key = Lookup::of(r).map(|l| l.key());
     match outcome {
         Outcome::Hit(value, flags) => {
+            if Lookup::of(r).is_some_and(|l| l.waits.get() > 0) {
+                count(r, Counter::LockWaitPage);
+            }
             if let (Some(fc), Some(key)) = (loc_conf(r).and_then(LocConf::front), key) {
                 // SAFETY: a front zone of this configuration.
                 unsafe { front::keep(fc.zone, key, value, flags, fc.ttl, fc.max_item) };
@@ -89,16 +94,25 @@ pub unsafe fn answer(r: *mut ngx_http_request_t, outcome: Outcome) -> Status {
             fall_back(r, Verdict::Miss)
         }
         Outcome::Pass { cas } => {
+            count(r, Counter::HitForPassHonoured);
             if let Some(key) = key {
                 store::capture::prepare_over_marker(r, key, cas);
             }
             fall_back(r, Verdict::Pass)
         }
-        Outcome::Wait => match wait::again(r) {
-            Some(rc) => rc,
-            // Waited rcache_lock_timeout: to the fallback itself, not stored.
-            None => fall_back(r, Verdict::Miss),
-        },
+        Outcome::Wait => {
+            if Lookup::of(r).is_some_and(|l| l.waits.get() == 0) {
+                count(r, Counter::LockWaited);
+            }
+            match wait::again(r) {
+                Some(rc) => rc,
+                // Waited rcache_lock_timeout: to the fallback itself, not stored.
+                None => {
+                    count(r, Counter::LockWaitTimeout);
+                    fall_back(r, Verdict::Miss)
+                }
+            }
+        }
         Outcome::NotServed(verdict) => fall_back(r, verdict),
         Outcome::Purged(result) => answer_purge(r, result),
     }
@@ -216,10 +230,21 @@ pub fn answer_purge(r: &mut ngx_http_request_t, result: Result<bool, Failure>) -
     if !rc.is_ok() {
         return rc;
     }
+    if let Some(zone) = metrics_conf::zone_of(r) {
+        let soft = Lookup::of(r).is_some_and(|l| l.command == Command::Invalidate);
+        zone.count(Counter::purge(soft, result.ok()));
+    }
     match result {
         Ok(true) => send_text(r, HTTPStatus::OK, b"purged\n"),
         Ok(false) => HTTPStatus::NOT_FOUND.into(),
         Err(failure) => failure.status(),
+    }
+}
+
+/// Counts `counter` for `r`'s configuration, if it counts.
+fn count(r: &ngx_http_request_t, counter: Counter) {
+    if let Some(zone) = metrics_conf::zone_of(r) {
+        zone.count(counter);
     }
 }
 

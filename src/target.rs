@@ -32,6 +32,8 @@ pub struct Target {
     /// The health of each of the upstream's servers, in the order of its `server` lines
     /// (`health_zone.rs`; set when shared memory is ready).
     pub health: Vec<ServerHealth>,
+    /// `rcache_metrics_zone` is set: count lookups, failures, connections, idle ones.
+    pub counting: bool,
 }
 
 impl Target {
@@ -99,6 +101,8 @@ pub const IMPLICIT_FAIL_TIMEOUT: time_t = 10;
 pub struct Targets {
     /// `*mut Target`s, in the configuration's pool.
     list: *mut ngx_array_t,
+    /// Whether the servers' counters run (`rcache_metrics_zone`), for every target.
+    pub counting: bool,
 }
 
 impl Targets {
@@ -109,7 +113,10 @@ impl Targets {
     pub unsafe fn new(pool: *mut ngx_pool_t) -> Option<Targets> {
         // SAFETY: per the contract above.
         let list = unsafe { ngx_array_create(pool, 4, size_of::<*mut Target>()) };
-        (!list.is_null()).then_some(Targets { list })
+        (!list.is_null()).then_some(Targets {
+            list,
+            counting: false,
+        })
     }
 
     /// The targets, in the order `rcache_pass` named them first.
@@ -157,6 +164,7 @@ impl Targets {
                     idle: IdlePool::new(),
                     classic_only: Cell::new(false),
                     health: Vec::new(),
+                    counting: false,
                 },
             );
             let slot = ngx_array_push(self.list) as *mut *mut Target;
@@ -197,6 +205,7 @@ pub unsafe fn attach_health(data: *const c_void, table: &mut Table) -> bool {
                 p = peer.next;
             }
             (*t).health = slots;
+            (*t).counting = targets.counting;
         }
     }
     true

@@ -1,5 +1,6 @@
 //! `$rcache_status` (HIT, MISS, BYPASS, ERROR, PURGE), `$rcache_front` (HIT or MISS in
-//! the front cache) and `$rcache_store_status` (STORED, NOT_CACHEABLE, TOO_LARGE, FAILED).
+//! the front cache), `$rcache_store_status` (STORED, NOT_CACHEABLE, TOO_LARGE, FAILED) and
+//! `$rcache_lookup_time` (seconds spent on memcached, `0.001`).
 //!
 //! An internal redirect wipes module contexts (`r->ctx`) but not the
 //! request's variable values (`r->variables`), which is where `set $var`
@@ -15,8 +16,17 @@ use ngx::ffi::*;
 use ngx::http::HttpModuleMainConf;
 use ngx::ngx_string;
 
-use crate::conf::VariableIndexes;
 use crate::HttpRcacheModule;
+
+/// Where rcache writes its variables in `r->variables` (-1: not yet known).
+#[derive(Clone, Copy)]
+#[repr(C)]
+pub struct VariableIndexes {
+    pub status: ngx_int_t,
+    pub front: ngx_int_t,
+    pub store: ngx_int_t,
+    pub lookup_time: ngx_int_t,
+}
 
 /// What rcache did with a request.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -100,10 +110,11 @@ impl StoreStatus {
 }
 
 /// rcache's variables, in the order of [`VariableIndexes`]'s fields.
-const NAMES: [ngx_str_t; 3] = [
+const NAMES: [ngx_str_t; 4] = [
     ngx_string!("rcache_status"),
     ngx_string!("rcache_front"),
     ngx_string!("rcache_store_status"),
+    ngx_string!("rcache_lookup_time"),
 ];
 
 /// Preconfiguration: declares the variables.
@@ -126,7 +137,7 @@ pub unsafe extern "C" fn add(cf: *mut ngx_conf_t) -> ngx_int_t {
 /// Postconfiguration: the indexes rcache writes `$rcache_status`,
 /// `$rcache_front` and `$rcache_store_status` under.
 pub fn indexes(cf: &mut ngx_conf_t) -> Option<VariableIndexes> {
-    let [status, front, store] = NAMES
+    let [status, front, store, lookup_time] = NAMES
         // SAFETY: cf is the configuration being finished; the name is only read.
         .map(|mut name| unsafe { ngx_http_get_variable_index(cf, &mut name) });
     let found = |index| (index != Status::NGX_ERROR.0).then_some(index);
@@ -134,6 +145,7 @@ pub fn indexes(cf: &mut ngx_conf_t) -> Option<VariableIndexes> {
         status: found(status)?,
         front: found(front)?,
         store: found(store)?,
+        lookup_time: found(lookup_time)?,
     })
 }
 
@@ -174,6 +186,31 @@ pub fn set_store(r: &mut ngx_http_request_t, status: StoreStatus) {
     }
 }
 
+/// Records the time `r` spent on memcached so far: seconds with millisecond resolution,
+/// as `$upstream_response_time`.
+pub fn set_lookup_time(r: &mut ngx_http_request_t, ms: ngx_msec_t) {
+    let Some(ix) = indexes_of(r) else {
+        return;
+    };
+    let text = format_seconds(ms);
+    // SAFETY: the request's pool outlives its variables.
+    let data = unsafe { ngx_pnalloc(r.pool, text.len()) as *mut u8 };
+    if data.is_null() {
+        return;
+    }
+    // SAFETY: data has room for text.
+    let bytes = unsafe {
+        ptr::copy_nonoverlapping(text.as_ptr(), data, text.len());
+        core::slice::from_raw_parts(data, text.len())
+    };
+    record(r, ix.lookup_time, bytes);
+}
+
+/// `1234` ms as `1.234`.
+pub fn format_seconds(ms: ngx_msec_t) -> String {
+    format!("{}.{:03}", ms / 1000, ms % 1000)
+}
+
 /// Whether rcache recorded a MISS, EXPIRED or PASS for `r`: the requests whose response
 /// may be stored (a cheap test for the store filters).
 pub fn status_may_store(r: &ngx_http_request_t) -> bool {
@@ -188,6 +225,45 @@ pub fn status_may_store(r: &ngx_http_request_t) -> bool {
             || ptr::eq(v.data, CacheStatus::Pass.as_bytes().as_ptr()))
 }
 
+/// What rcache recorded for `r`, if anything.
+pub fn status_of(r: &ngx_http_request_t) -> Option<CacheStatus> {
+    let index = indexes_of(r).and_then(|ix| usize::try_from(ix.status).ok())?;
+    // SAFETY: r->variables has one slot per declared variable.
+    let v = unsafe { &*r.variables.add(index) };
+    if v.valid() == 0 {
+        return None;
+    }
+    ALL_STATUSES
+        .into_iter()
+        .find(|s| ptr::eq(v.data, s.as_bytes().as_ptr()))
+}
+
+/// What the front cache had for `r`, if it was asked.
+pub fn front_of(r: &ngx_http_request_t) -> Option<FrontStatus> {
+    let index = indexes_of(r).and_then(|ix| usize::try_from(ix.front).ok())?;
+    // SAFETY: r->variables has one slot per declared variable.
+    let v = unsafe { &*r.variables.add(index) };
+    if v.valid() == 0 {
+        return None;
+    }
+    [FrontStatus::Hit, FrontStatus::Miss]
+        .into_iter()
+        .find(|s| ptr::eq(v.data, s.as_bytes().as_ptr()))
+}
+
+/// Every `$rcache_status`, in the order the counters keep them.
+pub const ALL_STATUSES: [CacheStatus; 9] = [
+    CacheStatus::Hit,
+    CacheStatus::Miss,
+    CacheStatus::Bypass,
+    CacheStatus::Error,
+    CacheStatus::Purge,
+    CacheStatus::Updating,
+    CacheStatus::Expired,
+    CacheStatus::Stale,
+    CacheStatus::Pass,
+];
+
 /// Whether rcache recorded `status` for `r` (a cheap test for filters).
 pub fn status_is(r: &ngx_http_request_t, status: CacheStatus) -> bool {
     let Some(index) = indexes_of(r).and_then(|ix| usize::try_from(ix.status).ok()) else {
@@ -198,8 +274,8 @@ pub fn status_is(r: &ngx_http_request_t, status: CacheStatus) -> bool {
     v.valid() != 0 && ptr::eq(v.data, status.as_bytes().as_ptr())
 }
 
-/// Writes `bytes` as the value of variable `index` of `r`.
-fn record(r: &mut ngx_http_request_t, index: ngx_int_t, bytes: &'static [u8]) {
+/// Writes `bytes` (static, or in `r`'s pool) as the value of variable `index` of `r`.
+fn record(r: &mut ngx_http_request_t, index: ngx_int_t, bytes: &[u8]) {
     // Subrequests (SSI includes) share their parent's variables: an included
     // fragment must not overwrite what rcache recorded for the page.
     let Ok(index) = usize::try_from(index) else {
@@ -216,4 +292,16 @@ fn record(r: &mut ngx_http_request_t, index: ngx_int_t, bytes: &'static [u8]) {
     v.set_no_cacheable(0);
     v.set_not_found(0);
     v.set_escape(0);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seconds_with_milliseconds() {
+        assert_eq!(format_seconds(0), "0.000");
+        assert_eq!(format_seconds(7), "0.007");
+        assert_eq!(format_seconds(61_234), "61.234");
+    }
 }

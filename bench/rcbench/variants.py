@@ -20,6 +20,9 @@ HTTP_BLOCKS = {
     "front_zone": "rcache_front_zone front:64m;",
 }
 
+# Directives for the whole http block (bench/run --http-extra), e.g. the metrics zone.
+EXTRA_HTTP = []
+
 TINY_BODY = "ok\n"
 
 
@@ -109,7 +112,7 @@ def nginx_conf(variants, ports, values, module, master=True, workers=1):
 
     values: placeholders ({mc}, {app}, {pages}); ports: variant name -> listen port.
     master=False gives the single-process form used under valgrind."""
-    blocks = []
+    blocks = ["    " + extra for extra in EXTRA_HTTP]
     for v in variants:
         for name in v.http:
             if "    " + HTTP_BLOCKS[name] not in blocks:

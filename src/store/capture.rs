@@ -78,7 +78,7 @@ fn start(r: &mut ngx_http_request_t, key: &[u8], replaces: Option<u64>, over_mar
             unsafe { (*r.connection).log },
             "rcache: not stored: {}", reason
         );
-        variables::set_store(r, StoreStatus::NotCacheable);
+        client::set_status(r, StoreStatus::NotCacheable);
         if replaces.is_some() && !over_marker {
             client::release(lcf, key);
         }
@@ -429,7 +429,7 @@ fn stop_after(
 ) -> bool {
     state.phase = Phase::Done;
     state.page.body = Vec::new();
-    variables::set_store(r, status);
+    client::set_status(r, status);
     // SAFETY: the rcache location's conf, live for the configuration.
     let lcf = unsafe { &*state.lcf };
     match state.page.replaces {

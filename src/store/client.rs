@@ -26,6 +26,8 @@ use super::page::{self, PASS_FLAG, STORED_FLAG};
 use super::policy;
 use crate::conf::LocConf;
 use crate::meta::{self, MetaParsed, MetaReply};
+use crate::metrics::Counter;
+use crate::metrics_conf;
 use crate::pool::{self, addr_bytes};
 use crate::protocol::{self, LineReply};
 use crate::target::Target;
@@ -83,7 +85,7 @@ pub unsafe fn write(r: *mut ngx_http_request_t, lcf: &LocConf, key: &[u8], page:
     let Some(command) = add_command(lcf, key, &page) else {
         // rcache_max_size bounds the values rcache serves: a page over it would
         // never be a HIT.
-        variables::set_store(req, StoreStatus::TooLarge);
+        set_status(req, StoreStatus::TooLarge);
         if let (Some(cas), false) = (page.replaces, page.over_marker) {
             mark_pass(lcf, key, cas);
         }
@@ -91,7 +93,16 @@ pub unsafe fn write(r: *mut ngx_http_request_t, lcf: &LocConf, key: &[u8], page:
     };
     drop(page);
     if !start(lcf, key, command, Some(req)) {
-        variables::set_store(req, StoreStatus::Failed);
+        set_status(req, StoreStatus::Failed);
+    }
+}
+
+/// Records what became of `r`'s page (`$rcache_store_status`), and counts it, for the
+/// outcomes decided before memcached is asked.
+pub fn set_status(r: &mut ngx_http_request_t, status: StoreStatus) {
+    variables::set_store(r, status);
+    if let Some(zone) = metrics_conf::zone_of(r) {
+        zone.count(Counter::store(status));
     }
 }
 
@@ -136,7 +147,9 @@ pub fn mark_pass(lcf: &LocConf, key: &[u8], cas: u64) {
     }
     let mut command = meta::set_command(key, 0, PASS_FLAG, ttl, Some(cas));
     command.extend_from_slice(protocol::CRLF);
-    start(lcf, key, command, None);
+    if start(lcf, key, command, None) {
+        metrics_conf::count(Counter::HitForPassWritten);
+    }
 }
 
 /// Whether a meta command about a page of `lcf` can be sent now (not while nginx shuts
@@ -525,7 +538,12 @@ fn finish(job: *mut Job, result: WriteResult) {
                     ngx_del_timer(ev);
                 }
             }
-            if !reusable || !(*j.target).idle.put(c, &j.addr, j.keepalive) {
+            let target = &mut *j.target;
+            let gauge = match target.health_of(&j.addr) {
+                Some(h) if target.counting => ptr::from_ref(&h.stats().idle),
+                _ => ptr::null(),
+            };
+            if !reusable || !target.idle.put(c, &j.addr, j.keepalive, gauge) {
                 pool::close(c);
             }
         }
@@ -579,6 +597,8 @@ fn finish(job: *mut Job, result: WriteResult) {
         }
     };
     debug!(log, "rcache: store of \"{}\": {:?}", j.key, status);
+    // Counted here: the request may be gone by the time memcached answers.
+    metrics_conf::count(Counter::store(status));
 
     // SAFETY: NULL, or the job's entry in the live request's cleanups.
     if let Some(cleanup) = unsafe { j.cleanup.as_mut() } {
