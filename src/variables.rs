@@ -117,19 +117,22 @@ const NAMES: [ngx_str_t; 4] = [
     ngx_string!("rcache_lookup_time"),
 ];
 
+/// `$rcache_lookup_time`'s place in [`NAMES`].
+const LOOKUP_TIME: usize = 3;
+
 /// Preconfiguration: declares the variables.
 ///
 /// # Safety
 /// `cf` must be valid during configuration.
 pub unsafe extern "C" fn add(cf: *mut ngx_conf_t) -> ngx_int_t {
-    for mut name in NAMES {
+    for (i, mut name) in NAMES.into_iter().enumerate() {
         // SAFETY: cf is valid during configuration; nginx copies the name.
         let v = unsafe { ngx_http_add_variable(cf, &mut name, 0) };
         // SAFETY: NULL or the variable nginx just added.
         let Some(v) = (unsafe { v.as_mut() }) else {
             return Status::NGX_ERROR.into();
         };
-        v.get_handler = Some(get_unset);
+        v.get_handler = Some(if i == LOOKUP_TIME { get_lookup_time } else { get_unset });
     }
     Status::NGX_OK.into()
 }
@@ -188,27 +191,78 @@ pub fn set_store(r: &mut ngx_http_request_t, status: StoreStatus) {
 
 /// Records the time `r` spent on memcached so far: seconds with millisecond resolution,
 /// as `$upstream_response_time`.
+///
+/// Only the number is kept here (in the variable's slot, marked as not yet evaluated); it is
+/// formatted when something reads the variable (`get_lookup_time`), so a request that
+/// nobody logs it for pays nothing.
 pub fn set_lookup_time(r: &mut ngx_http_request_t, ms: ngx_msec_t) {
-    let Some(ix) = indexes_of(r) else {
+    let Some(index) = indexes_of(r).and_then(|ix| usize::try_from(ix.lookup_time).ok()) else {
         return;
     };
-    let text = format_seconds(ms);
+    if !ptr::eq(r, r.main) {
+        return;
+    }
+    // SAFETY: r->variables has one slot per declared variable.
+    let v = unsafe { &mut *r.variables.add(index) };
+    v.set_valid(0);
+    v.set_not_found(0);
+    v.set_len(u32::try_from(ms).unwrap_or(u32::MAX));
+    v.data = LOOKUP_TIME_SET.as_ptr().cast_mut();
+}
+
+/// Marks a `$rcache_lookup_time` slot that holds a number of milliseconds in its `len`.
+static LOOKUP_TIME_SET: [u8; 1] = [0];
+
+/// Get handler of `$rcache_lookup_time`: formats the milliseconds `set_lookup_time` left.
+unsafe extern "C" fn get_lookup_time(
+    r: *mut ngx_http_request_t,
+    v: *mut ngx_variable_value_t,
+    _data: usize,
+) -> ngx_int_t {
+    // SAFETY: nginx passes a live request and the variable's slot.
+    let (r, v) = unsafe { (&mut *r, &mut *v) };
+    if !ptr::eq(v.data, LOOKUP_TIME_SET.as_ptr()) {
+        v.set_not_found(1);
+        return Status::NGX_OK.into();
+    }
+    let mut buf = [0u8; 24];
+    let text = format_seconds(v.len() as ngx_msec_t, &mut buf);
     // SAFETY: the request's pool outlives its variables.
     let data = unsafe { ngx_pnalloc(r.pool, text.len()) as *mut u8 };
     if data.is_null() {
-        return;
+        return Status::NGX_ERROR.into();
     }
     // SAFETY: data has room for text.
-    let bytes = unsafe {
-        ptr::copy_nonoverlapping(text.as_ptr(), data, text.len());
-        core::slice::from_raw_parts(data, text.len())
-    };
-    record(r, ix.lookup_time, bytes);
+    unsafe { ptr::copy_nonoverlapping(text.as_ptr(), data, text.len()) };
+    v.set_len(text.len() as u32);
+    v.data = data;
+    v.set_valid(1);
+    v.set_no_cacheable(0);
+    v.set_not_found(0);
+    v.set_escape(0);
+    Status::NGX_OK.into()
 }
 
-/// `1234` ms as `1.234`.
-pub fn format_seconds(ms: ngx_msec_t) -> String {
-    format!("{}.{:03}", ms / 1000, ms % 1000)
+/// `1234` ms as `1.234`, in `buf` (no allocation: this runs for every lookup).
+pub fn format_seconds(ms: ngx_msec_t, buf: &mut [u8; 24]) -> &[u8] {
+    let mut end = buf.len();
+    let mut put = |b: u8| {
+        end -= 1;
+        buf[end] = b;
+    };
+    let (mut secs, frac) = (ms / 1000, ms % 1000);
+    put(b'0' + (frac % 10) as u8);
+    put(b'0' + (frac / 10 % 10) as u8);
+    put(b'0' + (frac / 100) as u8);
+    put(b'.');
+    loop {
+        put(b'0' + (secs % 10) as u8);
+        secs /= 10;
+        if secs == 0 {
+            break;
+        }
+    }
+    &buf[end..]
 }
 
 /// Whether rcache recorded a MISS, EXPIRED or PASS for `r`: the requests whose response
@@ -274,8 +328,8 @@ pub fn status_is(r: &ngx_http_request_t, status: CacheStatus) -> bool {
     v.valid() != 0 && ptr::eq(v.data, status.as_bytes().as_ptr())
 }
 
-/// Writes `bytes` (static, or in `r`'s pool) as the value of variable `index` of `r`.
-fn record(r: &mut ngx_http_request_t, index: ngx_int_t, bytes: &[u8]) {
+/// Writes `bytes` as the value of variable `index` of `r`.
+fn record(r: &mut ngx_http_request_t, index: ngx_int_t, bytes: &'static [u8]) {
     // Subrequests (SSI includes) share their parent's variables: an included
     // fragment must not overwrite what rcache recorded for the page.
     let Ok(index) = usize::try_from(index) else {
@@ -300,8 +354,14 @@ mod tests {
 
     #[test]
     fn seconds_with_milliseconds() {
-        assert_eq!(format_seconds(0), "0.000");
-        assert_eq!(format_seconds(7), "0.007");
-        assert_eq!(format_seconds(61_234), "61.234");
+        let mut buf = [0; 24];
+        for (ms, text) in [(0, "0.000"), (7, "0.007"), (61_234, "61.234"), (ngx_msec_t::MAX, "")] {
+            if text.is_empty() {
+                // The largest value still fits.
+                assert!(!format_seconds(ms, &mut buf).is_empty());
+                continue;
+            }
+            assert_eq!(format_seconds(ms, &mut buf), text.as_bytes());
+        }
     }
 }
