@@ -132,7 +132,11 @@ pub unsafe extern "C" fn add(cf: *mut ngx_conf_t) -> ngx_int_t {
         let Some(v) = (unsafe { v.as_mut() }) else {
             return Status::NGX_ERROR.into();
         };
-        v.get_handler = Some(if i == LOOKUP_TIME { get_lookup_time } else { get_unset });
+        v.get_handler = Some(if i == LOOKUP_TIME {
+            get_lookup_time
+        } else {
+            get_unset
+        });
     }
     Status::NGX_OK.into()
 }
@@ -355,7 +359,12 @@ mod tests {
     #[test]
     fn seconds_with_milliseconds() {
         let mut buf = [0; 24];
-        for (ms, text) in [(0, "0.000"), (7, "0.007"), (61_234, "61.234"), (ngx_msec_t::MAX, "")] {
+        for (ms, text) in [
+            (0, "0.000"),
+            (7, "0.007"),
+            (61_234, "61.234"),
+            (ngx_msec_t::MAX, ""),
+        ] {
             if text.is_empty() {
                 // The largest value still fits.
                 assert!(!format_seconds(ms, &mut buf).is_empty());

@@ -601,3 +601,48 @@ fn tail(s: &str) -> String {
     let lines: Vec<&str> = s.lines().collect();
     lines[lines.len().saturating_sub(20)..].join("\n")
 }
+
+#[test]
+fn rcache_lookup_time_is_seconds_with_milliseconds_where_memcached_was_asked() {
+    let mc = Memcached::start();
+    let app = cacheable_app();
+    let nginx = Nginx::builder()
+        .var("mc", mc.port())
+        .var("app", app.port())
+        .http(
+            "server {
+                listen 127.0.0.1:{port};
+                add_header X-Lookup-Time $rcache_lookup_time always;
+                location / {
+                    rcache_pass 127.0.0.1:{mc};
+                    rcache_fallback @app;
+                    rcache_bypass $cookie_session;
+                }
+                location @app { proxy_pass http://127.0.0.1:{app}; }
+             }",
+        )
+        .start();
+    mc.set_raw(b"/p", b"page", 0, 0);
+    let seconds = |r: &http::Response| -> Option<f64> {
+        let v = r.header("X-Lookup-Time")?;
+        let (s, ms) = v.split_once('.')?;
+        (ms.len() == 3 && s.chars().all(|c| c.is_ascii_digit()))
+            .then(|| v.parse().ok())
+            .flatten()
+    };
+    let hit = http::get(nginx.port(), "/p");
+    let t = seconds(&hit).unwrap_or_else(|| panic!("HIT: {:?}", hit.header("X-Lookup-Time")));
+    assert!(t < 1.0, "{t}");
+    let miss = http::get(nginx.port(), "/absent");
+    assert!(
+        seconds(&miss).is_some(),
+        "MISS (through the fallback): {:?}",
+        miss.header("X-Lookup-Time")
+    );
+    let bypass = http::request(nginx.port(), "GET", "/p", &[("Cookie", "session=1")], None);
+    assert_eq!(
+        bypass.header("X-Lookup-Time"),
+        None,
+        "memcached was not asked"
+    );
+}
