@@ -33,6 +33,21 @@ const fn command(
     }
 }
 
+/// An http-level directive whose handler finds its configuration itself (zones).
+const fn main_command(
+    name: ngx_str_t,
+    set: unsafe extern "C" fn(*mut ngx_conf_t, *mut ngx_command_t, *mut c_void) -> *mut c_char,
+) -> ngx_command_t {
+    ngx_command_t {
+        name,
+        type_: (NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE1) as ngx_uint_t,
+        set: Some(set),
+        conf: NGX_HTTP_MAIN_CONF_OFFSET,
+        offset: 0,
+        post: ptr::null_mut(),
+    }
+}
+
 /// The module's directives.
 pub static mut COMMANDS: [ngx_command_t; 29] = [
     command(
@@ -196,30 +211,15 @@ pub static mut COMMANDS: [ngx_command_t; 29] = [
         offset_of!(LocConf, hit_for_pass),
         ptr::null_mut(),
     ),
-    ngx_command_t {
-        name: ngx_string!("rcache_metrics_zone"),
-        type_: (NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE1) as ngx_uint_t,
-        set: Some(metrics_conf::set_zone),
-        conf: NGX_HTTP_MAIN_CONF_OFFSET,
-        offset: 0,
-        post: ptr::null_mut(),
-    },
-    ngx_command_t {
-        name: ngx_string!("rcache_metrics"),
-        type_: (NGX_HTTP_LOC_CONF | NGX_CONF_NOARGS) as ngx_uint_t,
-        set: Some(metrics_endpoint::set_metrics),
-        conf: NGX_HTTP_LOC_CONF_OFFSET,
-        offset: 0,
-        post: ptr::null_mut(),
-    },
-    ngx_command_t {
-        name: ngx_string!("rcache_front_zone"),
-        type_: (NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE1) as ngx_uint_t,
-        set: Some(front::set_zone),
-        conf: NGX_HTTP_MAIN_CONF_OFFSET,
-        offset: 0,
-        post: ptr::null_mut(),
-    },
+    main_command(ngx_string!("rcache_metrics_zone"), metrics_conf::set_zone),
+    command(
+        ngx_string!("rcache_metrics"),
+        NGX_HTTP_LOC_CONF | NGX_CONF_NOARGS,
+        metrics_endpoint::set_metrics,
+        0,
+        ptr::null_mut(),
+    ),
+    main_command(ngx_string!("rcache_front_zone"), front::set_zone),
     command(
         ngx_string!("rcache_front"),
         ANY | NGX_CONF_TAKE123,

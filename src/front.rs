@@ -20,6 +20,7 @@ use ngx::ffi::*;
 use ngx::{ngx_conf_log_error, ngx_log_error};
 
 use crate::value::Value;
+use crate::zone_arg;
 
 /// Smallest zone: a few slab pages besides the bookkeeping.
 const MIN_ZONE_SIZE: usize = 32 * 1024;
@@ -91,25 +92,9 @@ pub unsafe extern "C" fn set_zone(
     _cmd: *mut ngx_command_t,
     _conf: *mut c_void,
 ) -> *mut c_char {
-    // SAFETY: per the contract above: the directive's arguments are in cf->args.
-    let arg = unsafe { (*(*cf).args).as_slice::<ngx_str_t>()[1] };
-    let text = arg.as_bytes();
-    let (name, size) = match text.iter().rposition(|&b| b == b':') {
-        Some(colon) if colon > 0 => (&text[..colon], parse_size(&text[colon + 1..])),
-        _ => (&text[..0], None),
-    };
-    let Some(size) = size.filter(|_| !name.is_empty()) else {
-        ngx_conf_log_error!(
-            NGX_LOG_EMERG,
-            cf,
-            "invalid zone \"{}\" in the \"rcache_front_zone\" directive, it must be NAME:SIZE",
-            arg
-        );
+    // SAFETY: per the contract above.
+    let Some((mut name, size)) = zone_arg::parse(unsafe { &mut *cf }, "rcache_front_zone") else {
         return NGX_CONF_ERROR;
-    };
-    let mut name = ngx_str_t {
-        len: name.len(),
-        data: arg.data,
     };
     if size < MIN_ZONE_SIZE {
         ngx_conf_log_error!(
@@ -178,7 +163,7 @@ pub unsafe extern "C" fn set_front(
             ttl = parse_time(v);
             ttl.is_some()
         } else if let Some(v) = bytes.strip_prefix(b"max_item=") {
-            parse_size(v)
+            zone_arg::parse_size(v)
                 .filter(|&size| size > 0)
                 .map(|size| max_item = size)
                 .is_some()
@@ -219,17 +204,6 @@ pub unsafe extern "C" fn set_front(
     };
     *slot = fc;
     NGX_CONF_OK
-}
-
-/// A size (`64k`, `1m`), as nginx parses sizes.
-fn parse_size(text: &[u8]) -> Option<usize> {
-    let mut s = ngx_str_t {
-        len: text.len(),
-        data: text.as_ptr().cast_mut(),
-    };
-    // SAFETY: nginx only reads the string.
-    let size = unsafe { ngx_parse_size(&mut s) };
-    usize::try_from(size).ok()
 }
 
 /// A positive time (`10s`, `500ms`) in milliseconds, as nginx parses times.

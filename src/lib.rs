@@ -58,6 +58,7 @@ mod upstream;
 mod value;
 mod variables;
 mod wait;
+mod zone_arg;
 
 /// The module's configuration types, for ngx's typed conf lookups
 /// (`HttpRcacheModule::location_conf(r)` and friends).

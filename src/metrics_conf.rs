@@ -14,6 +14,7 @@ use ngx::{ngx_conf_log_error, ngx_log_error};
 
 use crate::conf::{self, MainConf};
 use crate::metrics::{self, Counter, Zone};
+use crate::zone_arg;
 use crate::HttpRcacheModule;
 
 /// `rcache_metrics_zone NAME:SIZE;`
@@ -25,31 +26,16 @@ pub unsafe extern "C" fn set_zone(
     _cmd: *mut ngx_command_t,
     _conf: *mut c_void,
 ) -> *mut c_char {
-    // SAFETY: per the contract above: the directive's arguments are in cf->args.
-    let (cf, arg) = unsafe { (&mut *cf, (*(*cf).args).as_slice::<ngx_str_t>()[1]) };
+    // SAFETY: per the contract above.
+    let cf = unsafe { &mut *cf };
     let Some(mcf) = conf::main_conf_mut(cf) else {
         return NGX_CONF_ERROR;
     };
     if !mcf.metrics.is_null() {
         return c"is duplicate".as_ptr().cast_mut();
     }
-    let text = arg.as_bytes();
-    let (name, size) = match text.iter().rposition(|&b| b == b':') {
-        Some(colon) if colon > 0 => (&text[..colon], parse_size(&text[colon + 1..])),
-        _ => (&text[..0], None),
-    };
-    let Some(size) = size.filter(|&s| s > 0 && !name.is_empty()) else {
-        ngx_conf_log_error!(
-            NGX_LOG_EMERG,
-            cf,
-            "invalid zone \"{}\" in the \"rcache_metrics_zone\" directive, it must be NAME:SIZE",
-            arg
-        );
+    let Some((mut name, size)) = zone_arg::parse(cf, "rcache_metrics_zone") else {
         return NGX_CONF_ERROR;
-    };
-    let mut name = ngx_str_t {
-        len: name.len(),
-        data: arg.data,
     };
     // SAFETY: cf is the configuration being parsed.
     let zone = unsafe { metrics::add_zone(cf, &mut name, size) };
@@ -148,15 +134,4 @@ pub fn count(counter: Counter) {
 pub fn zone_of(r: &ngx_http_request_t) -> Option<&'static Zone> {
     // SAFETY: the zone lives as long as the configuration.
     HttpRcacheModule::main_conf(r).and_then(|mcf| unsafe { mcf.metrics.as_ref() })
-}
-
-/// A size (`64k`, `1m`), as nginx parses sizes.
-fn parse_size(text: &[u8]) -> Option<usize> {
-    let mut s = ngx_str_t {
-        len: text.len(),
-        data: text.as_ptr().cast_mut(),
-    };
-    // SAFETY: nginx only reads the string.
-    let size = unsafe { ngx_parse_size(&mut s) };
-    usize::try_from(size).ok()
 }

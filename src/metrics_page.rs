@@ -71,6 +71,90 @@ pub fn escape(v: &str) -> String {
     out
 }
 
+/// The zone-wide counters: each family's name and help, and its samples' labels and
+/// counters.
+type Samples = &'static [(&'static [(&'static str, &'static str)], Counter)];
+const ZONE_COUNTERS: &[(&str, &str, Samples)] = &[
+    (
+        "rcache_served_bytes_total",
+        "Body bytes of cached pages sent, by where the page came from.",
+        &[
+            (&[("source", "memcached")], Counter::ServedMemcached),
+            (&[("source", "front")], Counter::ServedFront),
+        ],
+    ),
+    (
+        "rcache_stores_total",
+        "Pages rcache_store tried to write, by $rcache_store_status.",
+        &[
+            (&[("outcome", "STORED")], Counter::StoreStored),
+            (&[("outcome", "PRESENT")], Counter::StorePresent),
+            (&[("outcome", "NOT_CACHEABLE")], Counter::StoreNotCacheable),
+            (&[("outcome", "TOO_LARGE")], Counter::StoreTooLarge),
+            (&[("outcome", "FAILED")], Counter::StoreFailed),
+        ],
+    ),
+    (
+        "rcache_purges_total",
+        "PURGE requests, by kind and by what memcached said (failed: it could not be asked).",
+        &[
+            (
+                &[("kind", "hard"), ("result", "found")],
+                Counter::PurgeHardFound,
+            ),
+            (
+                &[("kind", "hard"), ("result", "absent")],
+                Counter::PurgeHardAbsent,
+            ),
+            (
+                &[("kind", "hard"), ("result", "failed")],
+                Counter::PurgeHardFailed,
+            ),
+            (
+                &[("kind", "soft"), ("result", "found")],
+                Counter::PurgeSoftFound,
+            ),
+            (
+                &[("kind", "soft"), ("result", "absent")],
+                Counter::PurgeSoftAbsent,
+            ),
+            (
+                &[("kind", "soft"), ("result", "failed")],
+                Counter::PurgeSoftFailed,
+            ),
+        ],
+    ),
+    (
+        "rcache_front_requests_total",
+        "Lookups in the front cache, by result.",
+        &[
+            (&[("result", "hit")], Counter::FrontHit),
+            (&[("result", "miss")], Counter::FrontMiss),
+        ],
+    ),
+    (
+        "rcache_lock_waiting_requests_total",
+        "Requests that waited for another request's render (rcache_lock).",
+        &[(&[], Counter::LockWaited)],
+    ),
+    (
+        "rcache_lock_waits_total",
+        "Ends of those waits: got the page, or rcache_lock_timeout passed.",
+        &[
+            (&[("result", "page")], Counter::LockWaitPage),
+            (&[("result", "timeout")], Counter::LockWaitTimeout),
+        ],
+    ),
+    (
+        "rcache_hit_for_pass_total",
+        "Hit-for-pass markers written, and lookups that found one (PASS).",
+        &[
+            (&[("event", "written")], Counter::HitForPassWritten),
+            (&[("event", "honoured")], Counter::HitForPassHonoured),
+        ],
+    ),
+];
+
 /// The page.
 pub fn render(f: &Figures) -> String {
     let mut p = Page(String::with_capacity(4096));
@@ -91,69 +175,12 @@ pub fn render(f: &Figures) -> String {
             );
         }
     }
-    p.family(
-        "rcache_served_bytes_total",
-        "counter",
-        "Body bytes of cached pages sent, by where the page came from.",
-    );
-    p.sample(
-        "rcache_served_bytes_total",
-        &[("source", "memcached")],
-        n(Counter::ServedMemcached),
-    );
-    p.sample(
-        "rcache_served_bytes_total",
-        &[("source", "front")],
-        n(Counter::ServedFront),
-    );
-    p.family(
-        "rcache_stores_total",
-        "counter",
-        "Pages rcache_store tried to write, by $rcache_store_status.",
-    );
-    for (outcome, counter) in [
-        ("STORED", Counter::StoreStored),
-        ("PRESENT", Counter::StorePresent),
-        ("NOT_CACHEABLE", Counter::StoreNotCacheable),
-        ("TOO_LARGE", Counter::StoreTooLarge),
-        ("FAILED", Counter::StoreFailed),
-    ] {
-        p.sample("rcache_stores_total", &[("outcome", outcome)], n(counter));
+    for &(name, help, samples) in ZONE_COUNTERS {
+        p.family(name, "counter", help);
+        for &(labels, counter) in samples {
+            p.sample(name, labels, n(counter));
+        }
     }
-    p.family(
-        "rcache_purges_total",
-        "counter",
-        "PURGE requests, by kind and by what memcached said (failed: it could not be asked).",
-    );
-    for (kind, result, counter) in [
-        ("hard", "found", Counter::PurgeHardFound),
-        ("hard", "absent", Counter::PurgeHardAbsent),
-        ("hard", "failed", Counter::PurgeHardFailed),
-        ("soft", "found", Counter::PurgeSoftFound),
-        ("soft", "absent", Counter::PurgeSoftAbsent),
-        ("soft", "failed", Counter::PurgeSoftFailed),
-    ] {
-        p.sample(
-            "rcache_purges_total",
-            &[("kind", kind), ("result", result)],
-            n(counter),
-        );
-    }
-    p.family(
-        "rcache_front_requests_total",
-        "counter",
-        "Lookups in the front cache, by result.",
-    );
-    p.sample(
-        "rcache_front_requests_total",
-        &[("result", "hit")],
-        n(Counter::FrontHit),
-    );
-    p.sample(
-        "rcache_front_requests_total",
-        &[("result", "miss")],
-        n(Counter::FrontMiss),
-    );
     for (name, kind, help) in [
         (
             "rcache_front_insertions_total",
@@ -187,47 +214,6 @@ pub fn render(f: &Figures) -> String {
             p.sample(name, &[("zone", &z.zone)], v);
         }
     }
-    p.family(
-        "rcache_lock_waiting_requests_total",
-        "counter",
-        "Requests that waited for another request's render (rcache_lock).",
-    );
-    p.sample(
-        "rcache_lock_waiting_requests_total",
-        &[],
-        n(Counter::LockWaited),
-    );
-    p.family(
-        "rcache_lock_waits_total",
-        "counter",
-        "Ends of those waits: got the page, or rcache_lock_timeout passed.",
-    );
-    p.sample(
-        "rcache_lock_waits_total",
-        &[("result", "page")],
-        n(Counter::LockWaitPage),
-    );
-    p.sample(
-        "rcache_lock_waits_total",
-        &[("result", "timeout")],
-        n(Counter::LockWaitTimeout),
-    );
-    p.family(
-        "rcache_hit_for_pass_total",
-        "counter",
-        "Hit-for-pass markers written, and lookups that found one (PASS).",
-    );
-    p.sample(
-        "rcache_hit_for_pass_total",
-        &[("event", "written")],
-        n(Counter::HitForPassWritten),
-    );
-    p.sample(
-        "rcache_hit_for_pass_total",
-        &[("event", "honoured")],
-        n(Counter::HitForPassHonoured),
-    );
-
     let servers = |p: &mut Page,
                    name: &str,
                    kind: &str,

@@ -27,6 +27,19 @@ fn scrape(port: u16) -> BTreeMap<String, f64> {
     parse(&r.text())
 }
 
+/// Scrapes until `key` reaches `at_least` (counters that follow memcached's answers), or
+/// 5 s have passed; the last page.
+fn scrape_until(port: u16, key: &str, at_least: f64) -> BTreeMap<String, f64> {
+    let deadline = Instant::now() + SECOND * 5;
+    loop {
+        let m = scrape(port);
+        if value(&m, key) >= at_least || Instant::now() > deadline {
+            return m;
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
 fn parse(page: &str) -> BTreeMap<String, f64> {
     page.lines()
         .filter(|l| !l.starts_with('#') && !l.is_empty())
@@ -76,6 +89,7 @@ fn site_conf(extra_http: &str) -> String {
     format!(
         "rcache_metrics_zone metrics:1m;
          rcache_front_zone front:1m;
+         rcache_front_zone small:32k;
          {extra_http}
          upstream mc {{ server 127.0.0.1:{{mc}}; }}
          server {{
@@ -101,6 +115,19 @@ fn site_conf(extra_http: &str) -> String {
                 rcache_store on;
                 rcache_stale 30s;
                 rcache_lock on;
+            }}
+            location /tight/ {{
+                rcache_pass mc;
+                rcache_fallback @app;
+                rcache_store on;
+                rcache_stale 30s;
+                rcache_lock on;
+                rcache_lock_timeout 200ms;
+            }}
+            location /small/ {{
+                rcache_pass mc;
+                rcache_fallback @app;
+                rcache_front small ttl=60s;
             }}
             location /down/ {{
                 rcache_pass 127.0.0.1:{{dead}};
@@ -220,18 +247,8 @@ fn every_counter_after_known_numbers_of_each_kind_of_request_across_two_workers(
         "the MISSes were stored"
     );
 
-    let m = {
-        // The store counter follows memcached's answer: wait for all five.
-        let mut m = scrape(port);
-        let deadline = Instant::now() + SECOND * 5;
-        while value(&m, "rcache_stores_total{outcome=\"STORED\"}") < 5.0
-            && Instant::now() < deadline
-        {
-            thread::sleep(Duration::from_millis(50));
-            m = scrape(port);
-        }
-        m
-    };
+    // The store counter follows memcached's answer: wait for all five.
+    let m = scrape_until(port, "rcache_stores_total{outcome=\"STORED\"}", 5.0);
     let expect = |key: &str, want: f64| assert_eq!(value(&m, key), want, "{key}\n{}", dump(&m));
     assert_eq!(requests(&m, "HIT"), 36.0, "{}", dump(&m));
     assert_eq!(requests(&m, "MISS"), 5.0);
@@ -326,17 +343,7 @@ fn the_lock_and_hit_for_pass_are_counted() {
         http::get(port, "/meta/nc").header("X-Rcache-Status"),
         Some("MISS")
     );
-    let m = {
-        let mut m = scrape(port);
-        let deadline = Instant::now() + SECOND * 5;
-        while value(&m, "rcache_hit_for_pass_total{event=\"written\"}") < 1.0
-            && Instant::now() < deadline
-        {
-            thread::sleep(Duration::from_millis(50));
-            m = scrape(port);
-        }
-        m
-    };
+    let m = scrape_until(port, "rcache_hit_for_pass_total{event=\"written\"}", 1.0);
     assert_eq!(
         http::get(port, "/meta/nc").header("X-Rcache-Status"),
         Some("PASS")
@@ -358,6 +365,34 @@ fn the_lock_and_hit_for_pass_are_counted() {
         2.0,
         "the render and the uncacheable page"
     );
+}
+
+#[test]
+fn lock_timeouts_and_front_evictions_are_counted() {
+    let s = site();
+    let port = s.nginx.port();
+    // The render takes 600 ms, the lock timeout is 200 ms: the waiter gives up.
+    each(2, |i| {
+        thread::sleep(Duration::from_millis(100 * i as u64));
+        assert_eq!(http::get(port, "/tight/slow").status, 200);
+    });
+    // 10 pages of 10 KiB through a 32 KiB front zone: most are evicted to make room.
+    for i in 0..10 {
+        let page = vec![b'x'; 10 * 1024];
+        s.mc.set_raw(format!("/small/{i}").as_bytes(), &page, 0, 0);
+        assert_eq!(http::get(port, &format!("/small/{i}")).body, page);
+    }
+    let m = scrape(port);
+    let expect = |key: &str, want: f64| assert_eq!(value(&m, key), want, "{key}\n{}", dump(&m));
+    expect("rcache_lock_waiting_requests_total", 1.0);
+    expect("rcache_lock_waits_total{result=\"timeout\"}", 1.0);
+    expect("rcache_lock_waits_total{result=\"page\"}", 0.0);
+    expect("rcache_front_insertions_total{zone=\"small\"}", 10.0);
+    let evicted = value(&m, "rcache_front_evictions_total{zone=\"small\"}");
+    assert!((7.0..10.0).contains(&evicted), "{evicted}");
+    let used = value(&m, "rcache_front_used_bytes{zone=\"small\"}");
+    assert!((10240.0..32768.0).contains(&used), "{used}");
+    expect("rcache_front_capacity_bytes{zone=\"small\"}", 32768.0);
 }
 
 #[test]
