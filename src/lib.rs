@@ -28,6 +28,7 @@ macro_rules! debug {
 }
 
 mod balancer;
+mod bitfield;
 mod commands;
 mod conf;
 mod front;

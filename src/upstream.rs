@@ -173,7 +173,7 @@ pub unsafe fn start(r: *mut ngx_http_request_t) -> Status {
 
     // SAFETY: the main request of a live request.
     let main = unsafe { &mut *req.main };
-    main.set_count(main.count() + 1);
+    crate::bitfield::hold(main);
     // SAFETY: the upstream is set up; nginx takes the request from here.
     unsafe { ngx_http_upstream_init(r) };
     Status::NGX_DONE
@@ -733,7 +733,7 @@ unsafe fn finish(r: *mut ngx_http_request_t, outcome: Outcome) -> Status {
     unsafe {
         let main = &mut *(*r).main;
         // For the NGX_DONE nginx will finalize with after we return.
-        main.set_count(main.count() + 1);
+        crate::bitfield::hold(main);
         finish_upstream(r);
         let rc = respond::answer(r, outcome);
         ngx_http_finalize_request(r, rc.into());
@@ -758,7 +758,7 @@ unsafe fn finish_upstream(r: *mut ngx_http_request_t) {
         }
         if let Some(handler) = *cleanup {
             let main = &mut *(*r).main;
-            main.set_count(main.count() + 1);
+            crate::bitfield::hold(main);
             handler(r.cast::<c_void>());
         }
     }

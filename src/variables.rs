@@ -16,7 +16,16 @@ use ngx::ffi::*;
 use ngx::http::HttpModuleMainConf;
 use ngx::ngx_string;
 
+use crate::bitfield::{self, ValueFlags};
 use crate::HttpRcacheModule;
+
+/// A value found and cacheable.
+const VALID: ValueFlags = ValueFlags {
+    valid: true,
+    no_cacheable: false,
+    not_found: false,
+    escape: false,
+};
 
 /// Where rcache writes its variables in `r->variables` (-1: not yet known).
 #[derive(Clone, Copy)]
@@ -208,9 +217,9 @@ pub fn set_lookup_time(r: &mut ngx_http_request_t, ms: ngx_msec_t) {
     }
     // SAFETY: r->variables has one slot per declared variable.
     let v = unsafe { &mut *r.variables.add(index) };
-    v.set_valid(0);
-    v.set_not_found(0);
-    v.set_len(u32::try_from(ms).unwrap_or(u32::MAX));
+    // len is 28 bits: 74 hours is long enough.
+    let ms = u32::try_from(ms).unwrap_or(u32::MAX).min(0x0fff_ffff);
+    bitfield::set_value(v, ms, ValueFlags::default());
     v.data = LOOKUP_TIME_SET.as_ptr().cast_mut();
 }
 
@@ -230,7 +239,7 @@ unsafe extern "C" fn get_lookup_time(
         return Status::NGX_OK.into();
     }
     let mut buf = [0u8; 24];
-    let text = format_seconds(v.len() as ngx_msec_t, &mut buf);
+    let text = format_seconds(bitfield::value_len_of(v) as ngx_msec_t, &mut buf);
     // SAFETY: the request's pool outlives its variables.
     let data = unsafe { ngx_pnalloc(r.pool, text.len()) as *mut u8 };
     if data.is_null() {
@@ -238,12 +247,8 @@ unsafe extern "C" fn get_lookup_time(
     }
     // SAFETY: data has room for text.
     unsafe { ptr::copy_nonoverlapping(text.as_ptr(), data, text.len()) };
-    v.set_len(text.len() as u32);
     v.data = data;
-    v.set_valid(1);
-    v.set_no_cacheable(0);
-    v.set_not_found(0);
-    v.set_escape(0);
+    bitfield::set_value(v, text.len() as u32, VALID);
     Status::NGX_OK.into()
 }
 
@@ -344,12 +349,8 @@ fn record(r: &mut ngx_http_request_t, index: ngx_int_t, bytes: &'static [u8]) {
     }
     // SAFETY: r->variables has one slot per declared variable.
     let v = unsafe { &mut *r.variables.add(index) };
-    v.set_len(bytes.len() as u32);
     v.data = bytes.as_ptr().cast_mut();
-    v.set_valid(1);
-    v.set_no_cacheable(0);
-    v.set_not_found(0);
-    v.set_escape(0);
+    bitfield::set_value(v, bytes.len() as u32, VALID);
 }
 
 #[cfg(test)]

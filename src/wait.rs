@@ -56,7 +56,7 @@ pub fn again(r: &mut ngx_http_request_t) -> Option<Status> {
     // The timer's reference: dropped when it has started the next lookup.
     // SAFETY: the main request of a live request.
     let main = unsafe { &mut *r.main };
-    main.set_count(main.count() + 1);
+    crate::bitfield::hold(main);
     // SAFETY: an event of the live request.
     unsafe { ngx_add_timer(ev, pause) };
     debug!(

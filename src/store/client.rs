@@ -242,7 +242,7 @@ fn start(
     // SAFETY: NULL, or the live request; its main request.
     if let Some(r) = unsafe { r.as_mut() } {
         let main = unsafe { &mut *r.main };
-        main.set_count(main.count() + 1);
+        crate::bitfield::hold(main);
     }
     // SAFETY: the job just written, without a connection yet.
     unsafe { connect(job) };
