@@ -106,28 +106,73 @@ pub struct ValueFlags {
     pub escape: bool,
 }
 
+/// Where a variable value's length and flags live: one 32-bit word (as in C: `len:28` and
+/// four one-bit flags), so that they are written with one load and one store.
+#[derive(Clone, Copy, Debug)]
+struct ValueLayout {
+    /// The length; its `byte` is the word's.
+    len: Field,
+    valid: u32,
+    no_cacheable: u32,
+    not_found: u32,
+    escape: u32,
+}
+
+fn value_layout() -> Option<ValueLayout> {
+    static LAYOUT: OnceLock<Option<ValueLayout>> = OnceLock::new();
+    *LAYOUT.get_or_init(|| {
+        let fields = [
+            value_len()?,
+            value_valid()?,
+            value_no_cacheable()?,
+            value_not_found()?,
+            value_escape()?,
+        ];
+        // Each flag's bits, in the 32-bit word where the length starts.
+        let byte = fields[0].byte;
+        let bit = |f: Field| -> Option<u32> {
+            let shift = f.shift + 8 * u32::try_from(f.byte.checked_sub(byte)?).ok()?;
+            let width = 32 - f.mask.leading_zeros();
+            (shift + width <= 32).then(|| f.mask << shift)
+        };
+        Some(ValueLayout {
+            len: fields[0],
+            valid: bit(fields[1])?,
+            no_cacheable: bit(fields[2])?,
+            not_found: bit(fields[3])?,
+            escape: bit(fields[4])?,
+        })
+    })
+}
+
 /// Sets `v`'s length and flags.
 pub fn set_value(v: &mut ngx_variable_value_t, len: u32, flags: ValueFlags) {
-    let fields = (
-        value_len(),
-        value_valid(),
-        value_no_cacheable(),
-        value_not_found(),
-        value_escape(),
-    );
-    if let (Some(len_f), Some(valid), Some(no_cacheable), Some(not_found), Some(escape)) = fields {
-        len_f.set(v, len);
-        valid.set(v, u32::from(flags.valid));
-        no_cacheable.set(v, u32::from(flags.no_cacheable));
-        not_found.set(v, u32::from(flags.not_found));
-        escape.set(v, u32::from(flags.escape));
+    let Some(l) = value_layout() else {
+        v.set_len(len);
+        v.set_valid(u32::from(flags.valid));
+        v.set_no_cacheable(u32::from(flags.no_cacheable));
+        v.set_not_found(u32::from(flags.not_found));
+        v.set_escape(u32::from(flags.escape));
         return;
+    };
+    let all = (l.len.mask << l.len.shift) | l.valid | l.no_cacheable | l.not_found | l.escape;
+    let mut bits = (len & l.len.mask) << l.len.shift;
+    for (on, bit) in [
+        (flags.valid, l.valid),
+        (flags.no_cacheable, l.no_cacheable),
+        (flags.not_found, l.not_found),
+        (flags.escape, l.escape),
+    ] {
+        if on {
+            bits |= bit;
+        }
     }
-    v.set_len(len);
-    v.set_valid(u32::from(flags.valid));
-    v.set_no_cacheable(u32::from(flags.no_cacheable));
-    v.set_not_found(u32::from(flags.not_found));
-    v.set_escape(u32::from(flags.escape));
+    let at = l.len.word(v);
+    // SAFETY: four bytes inside `v` (see `Field::find`), written back whole.
+    unsafe {
+        let word = u32::from_le(at.read_unaligned());
+        at.write_unaligned(((word & !all) | bits).to_le());
+    }
 }
 
 /// `v`'s length (bindgen's getter reads it bit by bit).
@@ -138,6 +183,12 @@ pub fn value_len_of(v: &ngx_variable_value_t) -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_fast_paths_are_taken() {
+        assert!(request_count().is_some());
+        assert!(value_layout().is_some());
+    }
 
     #[test]
     fn the_request_count_is_found_and_incremented_as_the_accessors_see_it() {
@@ -158,15 +209,8 @@ mod tests {
 
     #[test]
     fn a_variable_value_is_written_as_the_accessors_see_it() {
-        for f in [
-            value_len(),
-            value_valid(),
-            value_no_cacheable(),
-            value_not_found(),
-            value_escape(),
-        ] {
-            assert!(f.is_some());
-        }
+        // One word, as in C: the fast path is the one taken (and tested below).
+        assert!(value_layout().is_some());
         // SAFETY: all zeroes is a valid value.
         let mut v: ngx_variable_value_t = unsafe { core::mem::zeroed() };
         for (len, flags) in [
