@@ -31,7 +31,7 @@ use ngx::ffi::*;
 use ngx::http::{HttpModuleLocationConf, HttpModuleMainConf};
 use ngx::ngx_log_error;
 
-use crate::health_zone::FailureKind;
+use crate::health_zone::{FailureKind, ServerHealth};
 use crate::lookup;
 use crate::outcome::Failure;
 use crate::pool::addr_bytes;
@@ -73,6 +73,8 @@ struct PeerData {
     started_msec: ngx_msec_t,
     /// Microseconds on the monotonic clock, 0 when not timing.
     started_us: u64,
+    /// The health of the server this attempt went to (`get` finds it, `free` records).
+    health: *const ServerHealth,
 }
 
 /// `peer.init` of every upstream rcache passes to.
@@ -128,6 +130,7 @@ unsafe extern "C" fn init_pooled_peer(
                 failure: Failure::Error,
                 started_msec: 0,
                 started_us: 0,
+                health: ptr::null(),
             },
         )
     };
@@ -198,6 +201,7 @@ unsafe extern "C" fn get_pooled_peer(
     // SAFETY: nginx's cached time, read in the worker that updates it.
     pd.started_msec = unsafe { ngx_current_msec };
     let health = target.health_of(addr);
+    pd.health = health.map_or(ptr::null(), ptr::from_ref);
     pd.started_us = if target.counting && health.is_some() {
         monotonic_us()
     } else {
@@ -302,10 +306,8 @@ unsafe extern "C" fn free_pooled_peer(
         let target = unsafe { &mut *pd.target };
         // SAFETY: the address the balancer chose.
         let addr = unsafe { addr_bytes(pc.sockaddr, pc.socklen) };
-        let gauge = match target.health_of(addr) {
-            Some(h) if target.counting => ptr::from_ref(&h.stats().idle),
-            _ => ptr::null(),
-        };
+        // SAFETY: NULL or a health entry of the target, set by get for this attempt.
+        let gauge = target.idle_gauge(unsafe { pd.health.as_ref() });
         // SAFETY: c is open and finished; the pool runs in this worker.
         let parked = reusable && unsafe { target.idle.put(c, addr, pd.keepalive, gauge) };
         if parked {
@@ -345,11 +347,8 @@ unsafe extern "C" fn free_pooled_peer(
         lookup.time_ms.set(lookup.time_ms.get() + took_ms);
         variables::set_lookup_time(r, lookup.time_ms.get());
     }
-    // SAFETY: NULL or the address the balancer chose for this attempt.
-    let health = (!pc.sockaddr.is_null())
-        .then(|| target.health_of(unsafe { addr_bytes(pc.sockaddr, pc.socklen) }))
-        .flatten();
-    if let Some(health) = health {
+    // SAFETY: NULL or a health entry of the target, set by get for this attempt.
+    if let Some(health) = unsafe { pd.health.as_ref() } {
         // A stale pooled connection, retried on a new one, says nothing about the
         // server.
         let failed = (failed && !retry_fresh) || malformed;

@@ -9,6 +9,7 @@
 use core::cell::Cell;
 use core::ffi::c_void;
 use core::ptr;
+use core::sync::atomic::AtomicI64;
 
 use ngx::ffi::*;
 use ngx::http::HttpModuleServerConf;
@@ -34,6 +35,9 @@ pub struct Target {
     pub health: Vec<ServerHealth>,
     /// `rcache_metrics_zone` is set: count lookups, failures, connections, idle ones.
     pub counting: bool,
+    /// See [`Target::has_one_server`] and [`Target::has_own_rule`]; set with `health`.
+    one_server: bool,
+    own_rule: bool,
 }
 
 impl Target {
@@ -60,11 +64,17 @@ impl Target {
     /// one server (nginx's balancers never do), and with `rcache_hash` (whose balancer is
     /// rcache's). Other balancers over several servers keep nginx's own rule.
     pub fn has_own_rule(&self) -> bool {
-        self.has_one_server() || self.uses_rcache_hash()
+        self.own_rule
     }
 
     /// Whether the upstream has exactly one server (no second one, no backup).
     pub fn has_one_server(&self) -> bool {
+        self.one_server
+    }
+
+    /// What [`Target::has_one_server`] answers, from the upstream's peers (fixed once the
+    /// configuration is).
+    fn count_one_server(&self) -> bool {
         // SAFETY: every balancer rcache composes with keeps nginx's round-robin peers in
         // peer.data (in the upstream's zone, if it has one); their count is fixed.
         unsafe {
@@ -76,7 +86,7 @@ impl Target {
     }
 
     /// Whether the upstream balances with `rcache_hash`.
-    pub fn uses_rcache_hash(&self) -> bool {
+    fn uses_rcache_hash(&self) -> bool {
         // SAFETY: the upstream lives as long as the configuration; implicit upstreams
         // have no srv_conf.
         unsafe {
@@ -88,6 +98,15 @@ impl Target {
     /// The health of the server at `addr` (sockaddr bytes, as a balancer chose it).
     pub fn health_of(&self, addr: &[u8]) -> Option<&ServerHealth> {
         self.health.iter().find(|h| h.addr() == addr)
+    }
+
+    /// The idle-connection gauge the pool keeps for server `health` (NULL when nothing is
+    /// counted).
+    pub fn idle_gauge(&self, health: Option<&ServerHealth>) -> *const AtomicI64 {
+        match health {
+            Some(h) if self.counting => ptr::from_ref(&h.stats().idle),
+            _ => ptr::null(),
+        }
     }
 }
 
@@ -165,6 +184,8 @@ impl Targets {
                     classic_only: Cell::new(false),
                     health: Vec::new(),
                     counting: false,
+                    one_server: false,
+                    own_rule: false,
                 },
             );
             let slot = ngx_array_push(self.list) as *mut *mut Target;
@@ -206,6 +227,8 @@ pub unsafe fn attach_health(data: *const c_void, table: &mut Table) -> bool {
             }
             (*t).health = slots;
             (*t).counting = targets.counting;
+            (*t).one_server = (*t).count_one_server();
+            (*t).own_rule = (*t).one_server || (*t).uses_rcache_hash();
         }
     }
     true

@@ -312,6 +312,12 @@ unsafe fn connect(job: *mut Job) {
         return on_writable(job);
     }
     debug!(log, "rcache: store: connecting to memcached {}", j.server);
+    // SAFETY: the target lives with the configuration.
+    let target = unsafe { &*j.target };
+    if let (true, Some(h)) = (target.counting, target.health_of(&j.addr)) {
+        // Stores open connections to the server too (and park them in the same pool).
+        h.stats().connections_opened.fetch_add(1, Ordering::Relaxed);
+    }
     // SAFETY: a filled-in peer connection.
     let rc = Status(unsafe { ngx_event_connect_peer(&mut j.peer) });
     if rc != Status::NGX_OK && rc != Status::NGX_AGAIN {
@@ -539,10 +545,7 @@ fn finish(job: *mut Job, result: WriteResult) {
                 }
             }
             let target = &mut *j.target;
-            let gauge = match target.health_of(&j.addr) {
-                Some(h) if target.counting => ptr::from_ref(&h.stats().idle),
-                _ => ptr::null(),
-            };
+            let gauge = target.idle_gauge(target.health_of(&j.addr));
             if !reusable || !target.idle.put(c, &j.addr, j.keepalive, gauge) {
                 pool::close(c);
             }
