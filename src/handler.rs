@@ -15,7 +15,7 @@ use ngx::http::{HTTPStatus, HttpModuleLocationConf, NgxHttpCoreModule};
 use ngx::ngx_log_error;
 
 use crate::conf::{self, LocConf};
-use crate::front;
+use crate::front::{self, Front};
 use crate::key::{self, MAX_KEY_LEN};
 use crate::outcome::Verdict;
 use crate::respond;
@@ -133,18 +133,25 @@ unsafe fn handle(r: *mut ngx_http_request_t) -> Status {
         Err(KeyError::Internal) => return HTTPStatus::INTERNAL_SERVER_ERROR.into(),
     };
     if let Some(fc) = lcf.front() {
-        // SAFETY: a front zone of this configuration; the copy goes to r's pool.
-        if let Some(page) = unsafe { front::lookup(fc.zone, key, req.pool) } {
-            debug!(log, "rcache: front cache HIT");
-            variables::set_front(req, FrontStatus::Hit);
-            return respond::serve_page(
-                req,
-                Value::whole(page.value),
-                page.flags,
-                CacheStatus::Hit,
-            );
+        // SAFETY: a front zone of this configuration; the page is valid for r's pool.
+        match unsafe { front::lookup(fc.zone, key, req.pool) } {
+            Front::Page(page) => {
+                debug!(log, "rcache: front cache HIT");
+                variables::set_front(req, FrontStatus::Hit);
+                return respond::serve_page(
+                    req,
+                    Value::whole(page.value),
+                    page.flags,
+                    CacheStatus::Hit,
+                );
+            }
+            Front::Pass => {
+                debug!(log, "rcache: front cache: not cacheable lately, PASS");
+                variables::set_front(req, FrontStatus::Pass);
+                return respond::fall_back(req, Verdict::Pass);
+            }
+            Front::Miss => variables::set_front(req, FrontStatus::Miss),
         }
-        variables::set_front(req, FrontStatus::Miss);
     }
     // SAFETY: forwarded contract; the lookup was prepared by memcached_key.
     unsafe { upstream::start(r) }

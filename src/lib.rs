@@ -113,12 +113,20 @@ pub static mut ngx_http_rcache_module: ngx_module_t = ngx_module_t {
     ctx: ptr::addr_of!(MODULE_CTX) as *mut c_void,
     commands: ptr::addr_of_mut!(commands::COMMANDS) as *mut ngx_command_t,
     type_: NGX_HTTP_MODULE as ngx_uint_t,
+    init_process: Some(init_process),
     ..ngx_module_t::default()
 };
 
 /// The module descriptor (for `ctx_index`, buffer and zone tags).
 pub(crate) fn module() -> &'static ngx_module_t {
     HttpRcacheModule::module()
+}
+
+/// A worker starts: take back what a worker that died left pinned in the front zones.
+unsafe extern "C" fn init_process(cycle: *mut ngx_cycle_t) -> ngx_int_t {
+    // SAFETY: nginx calls init_process with the cycle the worker runs.
+    unsafe { front::release_orphaned_pins(cycle) };
+    Status::NGX_OK.into()
 }
 
 /// Everything that needs the whole configuration: variable indexes, the store

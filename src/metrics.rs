@@ -25,6 +25,7 @@ pub enum Counter {
     ServedFront,
     FrontHit,
     FrontMiss,
+    FrontPass,
     StoreStored,
     StorePresent,
     StoreNotCacheable,

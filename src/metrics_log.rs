@@ -46,6 +46,7 @@ unsafe extern "C" fn count_request(r: *mut ngx_http_request_t) -> ngx_int_t {
     match front {
         Some(FrontStatus::Hit) => zone.count(Counter::FrontHit),
         Some(FrontStatus::Miss) => zone.count(Counter::FrontMiss),
+        Some(FrontStatus::Pass) => zone.count(Counter::FrontPass),
         None => {}
     }
     if matches!(

@@ -130,6 +130,7 @@ const ZONE_COUNTERS: &[(&str, &str, Samples)] = &[
         &[
             (&[("result", "hit")], Counter::FrontHit),
             (&[("result", "miss")], Counter::FrontMiss),
+            (&[("result", "pass")], Counter::FrontPass),
         ],
     ),
     (
@@ -202,6 +203,11 @@ pub fn render(f: &Figures) -> String {
             "gauge",
             "Size of the front zone.",
         ),
+        (
+            "rcache_front_pinned",
+            "gauge",
+            "Responses sending a page straight from the front zone now.",
+        ),
     ] {
         p.family(name, kind, help);
         for z in &f.fronts {
@@ -209,6 +215,7 @@ pub fn render(f: &Figures) -> String {
                 "rcache_front_insertions_total" => z.insertions,
                 "rcache_front_evictions_total" => z.evictions,
                 "rcache_front_used_bytes" => z.used_bytes,
+                "rcache_front_pinned" => z.pinned,
                 _ => z.capacity_bytes,
             };
             p.sample(name, &[("zone", &z.zone)], v);

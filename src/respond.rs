@@ -95,6 +95,12 @@ pub unsafe fn answer(r: *mut ngx_http_request_t, outcome: Outcome) -> Status {
         }
         Outcome::Pass { cas } => {
             count(r, Counter::HitForPassHonoured);
+            if let (Some(lcf), Some(key)) = (loc_conf(r), key) {
+                if let Some(fc) = lcf.front() {
+                    // SAFETY: a front zone of this configuration.
+                    unsafe { front::remember_pass(fc, key, lcf.hit_for_pass) };
+                }
+            }
             if let Some(key) = key {
                 store::capture::prepare_over_marker(r, key, cas);
             }

@@ -84,6 +84,8 @@ impl CacheStatus {
 pub enum FrontStatus {
     Hit,
     Miss,
+    /// The zone remembers that the page is not cacheable (the miss memo).
+    Pass,
 }
 
 impl FrontStatus {
@@ -91,6 +93,7 @@ impl FrontStatus {
         match self {
             FrontStatus::Hit => b"HIT",
             FrontStatus::Miss => b"MISS",
+            FrontStatus::Pass => b"PASS",
         }
     }
 }

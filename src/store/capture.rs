@@ -19,6 +19,7 @@ use super::client::{self, Captured};
 use super::page;
 use super::policy::{self, Reason};
 use crate::conf::LocConf;
+use crate::front;
 use crate::variables::{self, StoreStatus};
 use crate::HttpRcacheModule;
 
@@ -432,6 +433,13 @@ fn stop_after(
     client::set_status(r, status);
     // SAFETY: the rcache location's conf, live for the configuration.
     let lcf = unsafe { &*state.lcf };
+    if status == StoreStatus::NotCacheable && !failed {
+        if let Some(fc) = lcf.front() {
+            // The miss memo: the next requests for the page skip memcached.
+            // SAFETY: a front zone of this configuration.
+            unsafe { front::remember_pass(fc, state.key(), lcf.hit_for_pass) };
+        }
+    }
     match state.page.replaces {
         // A hit-for-pass marker stays (the response is still not cacheable).
         _ if state.page.over_marker => {}
