@@ -342,6 +342,7 @@ mod tests {
             evictions: 1,
             used_bytes: 100,
             capacity_bytes: 1 << 20,
+            pinned: 3,
         });
         f.servers.push(ServerFigures {
             upstream: "mc".into(),
@@ -366,6 +367,7 @@ mod tests {
         ));
         assert!(page.contains("rcache_served_bytes_total{source=\"memcached\"} 1234\n"));
         assert!(page.contains("rcache_front_capacity_bytes{zone=\"front\"} 1048576\n"));
+        assert!(page.contains("rcache_front_pinned{zone=\"front\"} 3\n"));
         for line in page.lines().filter(|l| !l.starts_with('#')) {
             let family = line.split(['{', ' ']).next().unwrap_or_default();
             let base = family

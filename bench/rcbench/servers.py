@@ -20,7 +20,7 @@ class Memcached:
     def __init__(self, procs, workdir, cpus):
         self.port = free_port()
         argv = ["memcached", "-l", "127.0.0.1", "-p", str(self.port), "-U", "0",
-                "-m", "256", "-c", "8192"]
+                "-m", "256", "-c", "8192", "-I", "2m"]  # 1 MiB pages
         if os.geteuid() == 0:
             argv += ["-u", "root"]  # memcached refuses to run as root without it
         self.proc = procs.start("memcached", argv, cpus=cpus,

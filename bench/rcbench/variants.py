@@ -71,11 +71,23 @@ VARIANTS = [
             "rcache_fallback @app; }\n"
             f"        location @app {{ {TO_APP} }}",
             path="/{page}?nocache=1"),
-    Variant("rcache_front", "front cache: `rcache_front front ttl=10s` (zone `front:64m`)",
-            "location / { rcache_pass 127.0.0.1:{mc}; rcache_front front ttl=10s; "
+    Variant("rcache_front", "front cache: `rcache_front front ttl=10s max_item=2m` (zone "
+            "`front:64m`)",
+            "location / { rcache_pass 127.0.0.1:{mc}; rcache_front front ttl=10s max_item=2m; "
             "rcache_fallback @app; }\n"
             f"        location @app {{ {TO_APP} }}",
             http=["front_zone"], mc_gets=0, mc_hits=0, reps_bonus=2, optional=True),
+    # A page the app never lets be cached: after the first response (NOT_CACHEABLE), the
+    # front zone remembers it (the miss memo) and requests go to the app without memcached.
+    # rcache_memo's yardstick: the same URL (the app's answer has one header more).
+    Variant("proxy_nocache", "`proxy_pass` to the app directly, the `no-store` page",
+            f"location / {{ {TO_APP} }}", path="/nocache/{page}"),
+    Variant("rcache_memo", "not cacheable (`no-store`): `rcache_store on` + front cache, the "
+            "miss memo -> the app",
+            "location / { rcache_pass 127.0.0.1:{mc}; rcache_store on; "
+            "rcache_front front ttl=10s; rcache_fallback @app; }\n"
+            f"        location @app {{ {TO_APP} }}",
+            path="/nocache/{page}", http=["front_zone"], mc_gets=0, mc_hits=0, optional=True),
     # The 2009 setup's miss route (tuned), to put rcache_miss in context.
     Variant("stock_miss", "stock MISS: `memcached_pass` (tuned) + `error_page 404 = @app`",
             "location / { set $memcached_key $uri; memcached_pass mc_ka256; "
@@ -164,6 +176,7 @@ http {{
     server {{
         listen 127.0.0.1:{port};
         root {root};
+        location /nocache/ {{ alias {root}/; add_header Cache-Control no-store; }}
     }}
 }}
 """
