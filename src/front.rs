@@ -795,6 +795,14 @@ mod tests {
     use super::*;
 
     #[test]
+    #[cfg(target_pointer_width = "64")]
+    fn entry_and_pin_sizes_are_what_the_readme_says() {
+        // README, "The front cache": a page takes its size + its key + 104 bytes; a pin 32.
+        assert_eq!(size_of::<Entry>(), 104);
+        assert_eq!(size_of::<Pin>(), 32);
+    }
+
+    #[test]
     fn fnv1a_reference_values() {
         assert_eq!(hash(b""), 0x811c_9dc5);
         assert_eq!(hash(b"a"), 0xe40c_292c);

@@ -126,6 +126,8 @@ pub fn body_chain(r: &mut ngx_http_request_t, body: Value) -> Option<*mut ngx_ch
         // SAFETY: the end of the same piece.
         b.last = unsafe { start.add(piece.len()) };
         b.end = b.last;
+        // Read-only: a filter that rewrites in place (charset) gets a copy from the
+        // copy filter first. A front-cache page is shared by every worker.
         b.set_memory(1);
         pieces[n] = b;
         n += 1;

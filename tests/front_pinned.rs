@@ -333,3 +333,42 @@ fn small_pages_are_copied_and_hold_no_pin() {
     assert!(line.starts_with("HTTP/1.1 200"));
     assert_eq!(s.pinned(), 0);
 }
+
+#[test]
+fn a_response_the_charset_filter_recodes_does_not_change_the_shared_page() {
+    // nginx's charset filter rewrites a single-byte recoding in place; the body's buffers
+    // are marked read-only (memory, not temporary), so the copy filter hands it a copy and
+    // the page in the zone stays as it is.
+    let mc = Memcached::start();
+    let nginx = Nginx::builder()
+        .var("mc", mc.port())
+        .http(
+            "rcache_front_zone front:4m;
+             charset_map from-a to-b { 41 42; }
+             server {
+                 listen 127.0.0.1:{port};
+                 add_header X-Front $rcache_front always;
+                 rcache_front front ttl=60s;
+                 location / { rcache_pass 127.0.0.1:{mc}; }
+                 location /recoded/ {
+                     rcache_pass 127.0.0.1:{mc};
+                     rcache_key /p;
+                     default_type text/html;
+                     source_charset from-a;
+                     charset to-b;
+                 }
+             }",
+        )
+        .start();
+    let page = vec![b'A'; 64 * 1024];
+    mc.set_raw(b"/p", &page, 0, 0);
+    assert!(http::get(nginx.port(), "/p").body == page);
+    for _ in 0..3 {
+        let r = http::get(nginx.port(), "/recoded/x");
+        assert_eq!(r.header("x-front"), Some("HIT"));
+        assert!(r.body.iter().all(|&b| b == b'B'), "recoded to B");
+        let plain = http::get(nginx.port(), "/p");
+        assert_eq!(plain.header("x-front"), Some("HIT"));
+        assert!(plain.body == page, "the page in the zone was rewritten");
+    }
+}
