@@ -38,11 +38,6 @@ const DEFAULT_LOCK_AGE: time_t = 5;
 const DEFAULT_HIT_FOR_PASS: time_t = 30;
 const DEFAULT_METHODS: ngx_uint_t = (NGX_HTTP_GET | NGX_HTTP_HEAD) as ngx_uint_t;
 
-/// First read from memcached: large enough that a typical page (header line,
-/// value and `END`) arrives in one `recv`; larger values get a buffer sized
-/// from the length in the reply.
-pub const FIRST_READ_SIZE: usize = 16 * 1024;
-
 /// Per-location configuration.
 #[repr(C)]
 pub struct LocConf {
@@ -248,7 +243,7 @@ pub unsafe extern "C" fn create_loc_conf(cf: *mut ngx_conf_t) -> *mut c_void {
 
     // Hard-coded: rcache reads the whole reply itself and answers or
     // redirects on its own; nginx only carries the bytes.
-    c.upstream.buffer_size = FIRST_READ_SIZE;
+    c.upstream.buffer_size = crate::read_size::MIN;
     c.upstream.buffering = 0;
     c.upstream.ignore_client_abort = 0;
     c.upstream.pass_request_headers = 0;

@@ -51,6 +51,7 @@ mod page_response;
 mod peer;
 mod pool;
 mod protocol;
+mod read_size;
 mod respond;
 mod stale;
 mod store;

@@ -30,6 +30,7 @@ use crate::lookup::{Command, Head, Lookup};
 use crate::meta::{self, MetaFlags, MetaParsed, MetaReply};
 use crate::outcome::{Failure, Outcome, Verdict};
 use crate::protocol::{self, LineReply, Parsed, ProtocolError, ValueHeader};
+use crate::read_size;
 use crate::respond;
 use crate::store;
 use crate::store::page::PASS_FLAG;
@@ -258,16 +259,20 @@ fn get_reply<'a>(
         Ok(Parsed::NeedLine) => None,
 
         Ok(Parsed::NeedValue { header, reply_len }) => {
+            let (first, received) = (u.buffer.start, received.len());
             if let Some(not_served) =
                 read_rest(r, u, lookup, header, reply_len, protocol::TRAILER.len())
             {
                 return Some(not_served);
             }
+            let room = if u.buffer.start == first {
+                "the first read holds it"
+            } else {
+                "reading the rest into a second buffer"
+            };
             debug!(
                 log(r),
-                "rcache: value of {} bytes, {} received: reading the rest",
-                header.len,
-                received.len()
+                "rcache: value of {} bytes, {} received: {}", header.len, received, room
             );
             None
         }
@@ -282,6 +287,7 @@ fn get_reply<'a>(
         Ok(Parsed::Hit(header)) => {
             record_status(u, NGX_HTTP_OK);
             u.set_keepalive(1);
+            size_first_reads(u, received.len());
             Some(match servable(r, &header, lookup.key()) {
                 Err(verdict) => Outcome::NotServed(verdict),
                 Ok(()) => Outcome::Hit(Value::whole(&received[header.value_range()]), header.flags),
@@ -307,6 +313,10 @@ fn read_rest<'a>(
     if let Err(verdict) = servable(r, &header, lookup.key()) {
         return Some(Outcome::NotServed(verdict));
     }
+    // SAFETY: start..end of the upstream's read buffer.
+    if unsafe { u.buffer.end.offset_from(u.buffer.start) } as usize <= reply_len {
+        size_first_reads(u, reply_len);
+    }
     if !make_room(
         r.pool,
         &mut u.buffer,
@@ -318,6 +328,16 @@ fn read_rest<'a>(
         return Some(Outcome::NotServed(Verdict::Error(Failure::Error)));
     }
     None
+}
+
+/// Tells the location's first read what a reply of `reply_len` bytes needed (one more,
+/// so that anything sent after the reply shows up as trailing data).
+fn size_first_reads(u: &mut ngx_http_upstream_t, reply_len: usize) {
+    // SAFETY: u->conf is the location's upstream conf (set in `start`), in this worker's
+    // memory; nginx reads buffer_size only when it allocates a lookup's first buffer.
+    if let Some(conf) = unsafe { u.conf.as_mut() } {
+        conf.buffer_size = read_size::next(conf.buffer_size, reply_len + 1);
+    }
 }
 
 /// The rest of a value read into a second buffer, followed by `trailer`: the whole
@@ -442,6 +462,7 @@ fn meta_get_reply<'a>(
                 });
             }
             let header = value_header(flags, line_len, len);
+            size_first_reads(u, received.len());
             Some(match servable(r, &header, lookup.key()) {
                 Err(verdict) => Outcome::NotServed(verdict),
                 Ok(()) => meta_outcome(r, Value::whole(&received[header.value_range()]), flags),

@@ -171,3 +171,34 @@ fn a_hit_a_miss_with_its_store_a_bypass_and_an_error_tell_their_story() {
         ],
     );
 }
+
+#[test]
+#[ignore = "needs nginx and the module built --with-debug: scripts/test.sh, debug stage"]
+fn a_locations_large_pages_arrive_in_one_read_after_the_first() {
+    assert_debug_build();
+    let mc = Memcached::start();
+    let app = App::start_with(|_| AppResponse::new(200, "rendered"));
+    let nginx = site(&mc, &app, free_port());
+    let page = vec![b'x'; 100 * 1024];
+    mc.set_raw(b"/big", &page, 0, 0);
+    mc.set_raw(b"/small", b"small", 0, 0);
+
+    let reads_the_rest = |path: &str| {
+        let at = nginx.error_log_len();
+        let body = http::get(nginx.port(), path).body;
+        assert!(wait_until(SECOND, || rcache_lines(&nginx, at)
+            .iter()
+            .any(|l| l.contains("HIT:"))));
+        let rest = rcache_lines(&nginx, at)
+            .iter()
+            .any(|l| l.contains("reading the rest into a second buffer"));
+        (body.len(), rest)
+    };
+    // The first 100 KiB page outgrows the 16 KiB first read; the location's first read
+    // then holds its pages whole, also after a small page.
+    let big = page.len();
+    assert_eq!(reads_the_rest("/big"), (big, true));
+    assert_eq!(reads_the_rest("/big"), (big, false));
+    assert_eq!(reads_the_rest("/small"), (5, false));
+    assert_eq!(reads_the_rest("/big"), (big, false));
+}
