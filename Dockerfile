@@ -4,7 +4,7 @@
 #
 #   docker build --target test -t rcache-test .   # CI in a container: .ci/run (fmt, clippy,
 #                                                 # shellcheck, all tests, vendored + Debian nginx)
-#   docker build -t rcache .                      # runtime image: Debian's nginx + the module
+#   docker build -t rcache .                      # runtime image: Debian's nginx + the module's package
 #   docker run --rm -p 8080:8080 rcache           # the demo walkthrough, then keeps serving
 #                                                 # on :8080 (Ctrl-C / docker stop ends it)
 #
@@ -38,10 +38,10 @@ COPY . .
 FROM toolchain AS test
 RUN bash .ci/run
 
-# ---- build: the module for Debian's nginx 1.22 (nginx-dev's tree + configure flags) ---------
+# ---- build: the Debian package for Debian's nginx 1.22 (dh_nginx, nginx-dev's tree) ---------
 FROM toolchain AS build
-RUN module=$(scripts/build-for-installed-nginx.sh | tail -n 1) \
-    && install -D -m 0644 "$module" /out/librcache.so
+RUN deb=$(scripts/build-deb.sh | tail -n 1) \
+    && install -D -m 0644 "$deb" /out/libnginx-mod-http-rcache.deb
 
 # ---- runtime: Debian's nginx + memcached + the demo -----------------------------------------
 FROM debian:bookworm-slim AS runtime
@@ -50,15 +50,19 @@ WORKDIR /opt/rcache
 COPY scripts/install-deps.sh scripts/install-deps.sh
 # --runtime: nginx, memcached, python3, curl (no compilers). The packaged daemons are not
 # started; the demo starts its own.
-RUN scripts/install-deps.sh --runtime && rm -rf /var/lib/apt/lists/*
-# Where Debian keeps dynamic modules; load it with `load_module /usr/lib/nginx/modules/librcache.so;`.
-COPY --from=build /out/librcache.so /usr/lib/nginx/modules/librcache.so
+# The module is installed as a Debian user installs it: the package from the build stage
+# (/usr/lib/nginx/modules/ngx_http_rcache_module.so, enabled in /etc/nginx/modules-enabled/;
+# its nginx-reload trigger only reloads an nginx that runs).
+COPY --from=build /out/libnginx-mod-http-rcache.deb /tmp/libnginx-mod-http-rcache.deb
+RUN scripts/install-deps.sh --runtime \
+    && apt-get install -y --no-install-recommends /tmp/libnginx-mod-http-rcache.deb \
+    && rm -rf /var/lib/apt/lists/* /tmp/libnginx-mod-http-rcache.deb
 COPY scripts/demo.sh scripts/demo.sh
 COPY demo/ demo/
 COPY nginx-conf/ nginx-conf/
 ENV RCACHE_SKIP_DEPS=1 \
     RCACHE_NGINX=/usr/sbin/nginx \
-    RCACHE_MODULE=/usr/lib/nginx/modules/librcache.so \
+    RCACHE_MODULE=/usr/lib/nginx/modules/ngx_http_rcache_module.so \
     RCACHE_DEMO_PORT=8080
 EXPOSE 8080
 # demo.sh stops nginx, the app and memcached on SIGTERM (docker stop) and SIGINT (Ctrl-C).

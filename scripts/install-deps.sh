@@ -38,6 +38,9 @@ debian_nginx_pkgs=(nginx nginx-dev)
 # tests/metrics.rs checks the Prometheus page with promtool and scrapes it with a real
 # Prometheus server (both in Debian's prometheus package).
 test_pkgs=(python3-venv python3-pylibmc prometheus)
+# Building the Debian package (scripts/build-deb.sh: dpkg-buildpackage, dh_nginx from
+# nginx-dev, lintian) and installing it (scripts/test-deb.sh: apt-get install ./the.deb).
+deb_pkgs=(build-essential debhelper dpkg-dev lintian git)
 bench_pkgs=(wrk valgrind strace python3-matplotlib)
 lint_pkgs=(shellcheck)
 proof_pkgs=(wrk valgrind)
@@ -66,7 +69,7 @@ for arg in "$@"; do
     esac
 done
 case $profile in
-    full) want=("${build_pkgs[@]}" "${run_pkgs[@]}" "${debian_nginx_pkgs[@]}" "${test_pkgs[@]}") ;;
+    full) want=("${build_pkgs[@]}" "${run_pkgs[@]}" "${debian_nginx_pkgs[@]}" "${test_pkgs[@]}" "${deb_pkgs[@]}") ;;
     runtime) want=(nginx "${run_pkgs[@]}") ;;
 esac
 want+=("${extra[@]}")

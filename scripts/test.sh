@@ -28,16 +28,22 @@
 #   debug          the bundled nginx and the module again, built --with-debug (in
 #                  target/debug-nginx, ~2 min cold), and tests/debug_log.rs run with
 #                  --ignored against them: the module's debug log tells a request's story
-#   debian-build   scripts/build-for-installed-nginx.sh -> target/debian/release/librcache.so
-#                  (the module built against Debian's nginx 1.22 headers and configure flags)
-#   debian         RCACHE_NGINX=/usr/sbin/nginx RCACHE_MODULE=<that .so> \
-#                    cargo test --release --features vendored --test '*'
-#                  the integration tests again, now loading the Debian-built module into
-#                  /usr/sbin/nginx. The test binaries are the same (built with `vendored`);
-#                  only the nginx binary and the module they load differ.
+#   deb-build      scripts/build-deb.sh -> target/deb/libnginx-mod-http-rcache_<version>_amd64.deb
+#                  the Debian package, built as Debian builds its nginx modules (dh_nginx,
+#                  against nginx-dev's 1.22 tree and configure flags), then lintian
+#   deb            scripts/test-deb.sh <that .deb>: `apt-get install ./<deb>`; `nginx -t`
+#                  with Debian's stock /etc/nginx/nginx.conf loads it (modules-enabled);
+#                    RCACHE_NGINX=/usr/sbin/nginx \
+#                    RCACHE_MODULE=/usr/lib/nginx/modules/ngx_http_rcache_module.so \
+#                    cargo test --release --features vendored --no-fail-fast --test '*'
+#                  the integration tests again, on Debian's nginx with the installed module
+#                  (the test binaries are the same, built with `vendored`; only the nginx
+#                  binary and the module they load differ); then `apt-get purge` and
+#                  `nginx -t` again. The packaged nginx daemon is kept from starting. Needs
+#                  root (apt-get), as the deps stage does.
 #
 # A failing test stage does not stop the later ones (you see everything that is broken);
-# a failing deps or debian-build stage skips what depends on it. A summary at the end
+# a failing deps or deb-build stage skips what depends on it. A summary at the end
 # names each stage's result; the exit status is non-zero if any stage failed.
 set -uo pipefail
 
@@ -72,7 +78,6 @@ if [ $run_vendored -eq 0 ] && [ $run_debian -eq 0 ]; then
     exit 2
 fi
 
-debian_nginx=${RCACHE_DEBIAN_NGINX:-/usr/sbin/nginx}
 names=()
 results=()
 failed=0
@@ -148,35 +153,29 @@ else
     record debug "skipped (--debian-only)"
 fi
 
-# --- Debian's nginx ------------------------------------------------------------------------
+# --- Debian's nginx, with the module as a Debian package -----------------------------------
 if [ $run_debian -eq 1 ]; then
-    module=""
-    banner "debian-build: scripts/build-for-installed-nginx.sh"
+    deb=""
+    banner "deb-build: scripts/build-deb.sh"
     t0=$SECONDS
-    # The script prints the module's path as its last line of stdout; cargo's progress goes
-    # to stderr and stays visible.
-    if out=$("$here/scripts/build-for-installed-nginx.sh"); then
-        module=$(printf '%s\n' "$out" | tail -n 1)
+    # The script prints the .deb's path as its last line of stdout; its progress, cargo's
+    # and lintian's output go to stderr and stay visible.
+    if out=$("$here/scripts/build-deb.sh"); then
+        deb=$(printf '%s\n' "$out" | tail -n 1)
     fi
-    if [ -n "$module" ] && [ -f "$module" ]; then
-        record debian-build "ok ($((SECONDS - t0))s): $module"
+    if [ -n "$deb" ] && [ -f "$deb" ]; then
+        record deb-build "ok ($((SECONDS - t0))s): $deb"
     else
-        record debian-build "FAIL ($((SECONDS - t0))s; no module built)"
+        record deb-build "FAIL ($((SECONDS - t0))s; no package built)"
     fi
-    if [ -z "$module" ] || [ ! -f "$module" ]; then
-        record debian "skipped (debian-build failed)"
-    elif ! compgen -G 'tests/*.rs' >/dev/null && ! compgen -G 'tests/*/main.rs' >/dev/null; then
-        # `cargo test --test '*'` is an error when there is no integration test target.
-        record debian "skipped (no integration tests in tests/ yet)"
-    elif [ ! -x "$debian_nginx" ]; then
-        record debian "FAIL ($debian_nginx missing: apt-get install nginx)"
+    if [ -z "$deb" ] || [ ! -f "$deb" ]; then
+        record deb "skipped (deb-build failed)"
     else
-        RCACHE_NGINX=$debian_nginx RCACHE_MODULE=$module \
-            stage debian cargo test --release --features vendored --no-fail-fast --test '*' "${cargo_args[@]}"
+        stage deb "$here/scripts/test-deb.sh" "$deb" -- "${cargo_args[@]}"
     fi
 else
-    record debian-build "skipped (--vendored-only)"
-    record debian "skipped (--vendored-only)"
+    record deb-build "skipped (--vendored-only)"
+    record deb "skipped (--vendored-only)"
 fi
 
 summary
