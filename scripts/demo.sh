@@ -9,6 +9,11 @@
 #   scripts/demo.sh --debian      # use Debian's /usr/sbin/nginx and a module built for it
 #                                 # (scripts/build-for-installed-nginx.sh) instead of the
 #                                 # vendored nginx 1.28
+#   scripts/demo.sh --django      # the same walkthrough on the example Django blog
+#                                 # (examples/django-blog under gunicorn, in the venv of
+#                                 # scripts/django-env.sh, Django and pymemcache from PyPI)
+#                                 # with nginx-conf/django-nginx-stores.conf: nginx stores
+#                                 # the pages, Django sends PURGE when a comment is saved
 #
 # Environment:
 #   RCACHE_SKIP_DEPS=1        do not run scripts/install-deps.sh first
@@ -18,18 +23,20 @@
 #   RCACHE_DEMO_DIR=DIR       where config, logs and pid files go (default: a new /tmp dir)
 #   RCACHE_DEMO_CONF=DIR      take demo.conf and blog.conf from DIR instead of nginx-conf/
 #
-# The nginx config is nginx-conf/demo.conf + nginx-conf/blog.conf with their {placeholders}
-# filled in. The exit status is non-zero if any step did not behave as the demo expects.
+# The nginx config is nginx-conf/demo.conf + nginx-conf/blog.conf (with --django:
+# django-nginx-stores.conf) with their {placeholders} filled in. The exit status is non-zero if any step did not behave as the demo expects.
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")/.." && pwd)
 mode=once
 use_debian=0
+use_django=0
 for arg in "$@"; do
     case $arg in
         --keep) mode=keep ;;
         --foreground) mode=foreground ;;
         --debian) use_debian=1 ;;
+        --django) use_django=1 ;;
         -h | --help)
             sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'
             exit 0
@@ -177,10 +184,29 @@ start_memcached() {
 }
 say "== starting memcached on 127.0.0.1:$mc_port"
 start_memcached
-say "== starting the app (demo/app.py) on 127.0.0.1:$app_port"
-python3 "$here/demo/app.py" --port "$app_port" --memcached "127.0.0.1:$mc_port" >"$dir/logs/app.log" 2>&1 &
-app_pid=$!
-wait_port "$app_port" app "$app_pid"
+if [ $use_django -eq 0 ]; then
+    say "== starting the app (demo/app.py) on 127.0.0.1:$app_port"
+    python3 "$here/demo/app.py" --port "$app_port" --memcached "127.0.0.1:$mc_port" >"$dir/logs/app.log" 2>&1 &
+    app_pid=$!
+    wait_port "$app_port" app "$app_pid"
+else
+    say "== the Django venv: scripts/django-env.sh"
+    django_py=$("$here/scripts/django-env.sh" | tail -n 1)
+    django_dir=$here/examples/django-blog
+    # Django's settings come from the environment (examples/django-blog/blogsite/settings.py).
+    export PYTHONDONTWRITEBYTECODE=1 BLOG_CACHE_MODE=nginx-stores BLOG_DB=$dir/db.sqlite3
+    export BLOG_REQUEST_LOG=$dir/logs/django-requests.log RCACHE_PURGE_URL=http://127.0.0.1:$port
+    : >"$BLOG_REQUEST_LOG"
+    say "== the Django blog: manage.py migrate, manage.py seed_blog (posts, comments, user admin)"
+    (cd "$django_dir" && "$django_py" manage.py migrate --noinput -v 0 &&
+        "$django_py" manage.py seed_blog --admin-password rcache-demo) >>"$dir/logs/app.log" 2>&1 ||
+        die "the Django database could not be set up; see $dir/logs/app.log"
+    say "== starting gunicorn (examples/django-blog) on 127.0.0.1:$app_port"
+    "$django_py" -m gunicorn --chdir "$django_dir" --bind "127.0.0.1:$app_port" --workers 2 \
+        --preload --graceful-timeout 2 --access-logfile - blogsite.wsgi >>"$dir/logs/app.log" 2>&1 &
+    app_pid=$!
+    wait_port "$app_port" gunicorn "$app_pid"
+fi
 
 # --- 5. nginx ------------------------------------------------------------------------------
 render() { # render SRC DST: fill in the {placeholders}
@@ -194,7 +220,11 @@ render() { # render SRC DST: fill in the {placeholders}
 }
 conf_src=${RCACHE_DEMO_CONF:-$here/nginx-conf}
 render "$conf_src/demo.conf" "$dir/conf/nginx.conf"
-render "$conf_src/blog.conf" "$dir/conf/blog.conf"
+if [ $use_django -eq 0 ]; then
+    render "$conf_src/blog.conf" "$dir/conf/blog.conf"
+else
+    render "$conf_src/django-nginx-stores.conf" "$dir/conf/blog.conf" # demo.conf includes blog.conf
+fi
 nginx_cmd=("$nginx" -p "$dir/" -c "$dir/conf/nginx.conf" -e "$dir/logs/error.log")
 say "== starting nginx on port $port: ${nginx_cmd[*]}"
 if ! "${nginx_cmd[@]}" -t -q; then
@@ -208,7 +238,14 @@ wait_port "$port" nginx
 base=http://127.0.0.1:$port
 failures=0
 steps=0
-app_requests() { curl -sS "http://127.0.0.1:$app_port/__stats" | sed -n 's/^requests=//p'; }
+app_requests() {
+    if [ $use_django -eq 1 ]; then
+        wc -l <"$BLOG_REQUEST_LOG" | tr -d ' '
+    else
+        curl -sS "http://127.0.0.1:$app_port/__stats" | sed -n 's/^requests=//p'
+    fi
+}
+want_code=200 # the HTTP status step expects
 mc_show() { # mc_show KEY: what memcached holds under KEY (first line)
     python3 - "$mc_port" "$1" <<'EOF'
 import socket, sys
@@ -255,10 +292,10 @@ step() {
     say "   HTTP $code   X-Rcache-Status: ${status:-(none: rcache not involved)}"
     sed -n 's/.*<p>\(.*\)<\/p>.*/\1/p' "$dir/body" | sed 's/&quot;/"/g; s/^/   | /'
     say "   app requests: $before -> $after"
-    if [ "$code" = 200 ] && [ "${status:--}" = "$want" ] && [ "$delta" = "$want_delta" ]; then
+    if [ "$code" = "$want_code" ] && [ "${status:--}" = "$want" ] && [ "$delta" = "$want_delta" ]; then
         verdict="ok"
     else
-        verdict="UNEXPECTED: wanted HTTP 200, X-Rcache-Status ${want/#-/(none)}, app +$want_delta"
+        verdict="UNEXPECTED: wanted HTTP $want_code, X-Rcache-Status ${want/#-/(none)}, app +$want_delta"
         failures=$((failures + 1))
     fi
     say "   => $verdict"
@@ -266,6 +303,43 @@ step() {
 
 say ""
 say "== walkthrough: nginx on $base, memcached 127.0.0.1:$mc_port, app 127.0.0.1:$app_port"
+if [ $use_django -eq 1 ]; then
+    say "   (the app is the Django blog; its requests are counted in $BLOG_REQUEST_LOG)"
+    post=$base/posts/keep-alive-to-memcached/
+    jar=$dir/cookies.txt
+    step MISS 1 "First visit: the post is not in memcached -> MISS; Django renders it with Cache-Control: s-maxage=300 and nginx stores it (rcache_store)" \
+        "$post"
+    say "   memcached now holds: $(mc_show /posts/keep-alive-to-memcached/)"
+    step HIT 0 "Second visit: nginx serves the page straight from memcached -> HIT; Django is not asked" "$post"
+    say ""
+    say "== logging in to the admin (user admin, password rcache-demo) with curl's cookie jar"
+    token=$(curl -sS -c "$jar" "$base/admin/login/" | sed -n 's/.*name="csrfmiddlewaretoken" value="\([^"]*\)".*/\1/p' | head -n 1)
+    code=$(curl -sS -b "$jar" -c "$jar" -o /dev/null -w '%{http_code}' --data-urlencode "csrfmiddlewaretoken=$token" \
+        --data-urlencode username=admin --data-urlencode password=rcache-demo --data-urlencode next=/admin/ \
+        "$base/admin/login/")
+    grep -q sessionid "$jar" || die "admin login failed (HTTP $code)"
+    say "   HTTP $code, sessionid cookie set"
+    step BYPASS 1 "Logged in (sessionid cookie): memcached is not asked -> BYPASS; Django renders the page" \
+        -b "$jar" "$post"
+    rm -f "$jar"
+    step MISS 1 "The comment form sets the CSRF cookie: Django's answer is not stored (Set-Cookie, never_cache)" \
+        -c "$jar" "${post}comment/"
+    token=$(sed -n 's/.*name="csrfmiddlewaretoken" value="\([^"]*\)".*/\1/p' "$dir/body" | head -n 1)
+    want_code=302
+    step BYPASS 1 "A comment POSTed to the cached post URL -> BYPASS; Django saves it and its post_save signal sends PURGE for the post and the front page (soft purge)" \
+        -b "$jar" --data-urlencode "csrfmiddlewaretoken=$token" --data-urlencode "name=Demo" \
+        --data-urlencode "body=Hello from demo.sh" "$post"
+    want_code=200
+    step EXPIRED 1 "The next anonymous visit: the purged page is rendered again by one request (EXPIRED), with the comment" "$post"
+    grep -q "Hello from demo.sh" "$dir/body" || {
+        say "   UNEXPECTED: the comment is not on the page"
+        failures=$((failures + 1))
+    }
+    step HIT 0 "... and then a HIT again" "$post"
+    step - 1 "/search/ is always dynamic: a plain proxy_pass location, rcache not involved" \
+        "$base/search/?q=memcached"
+    step - 1 "... every time" "$base/search/?q=memcached"
+else
 say "   (the app's request counter is read from the app directly, not through nginx)"
 
 step MISS 1 "First visit: /about/ is not in memcached -> MISS; nginx hands the request to the app, which renders the page and stores it under the key /about/" \
@@ -309,6 +383,7 @@ if [ "$wait_s" -gt 0 ]; then
     sleep "$wait_s"
 fi
 step HIT 0 "fail_timeout has passed: rcache asks memcached again and finds the page the app stored -> HIT (and logs once that memcached answers again)" "$base/about/"
+fi
 
 say ""
 say "== nginx's access log (\$rcache_status is kept through the internal redirect):"

@@ -22,8 +22,9 @@
 #            (filled from the packaged example) passes `nginx -t` with Debian's default site.
 #   suite    RCACHE_NGINX=/usr/sbin/nginx RCACHE_MODULE=<installed module> \
 #              cargo test --release --features vendored --no-fail-fast --test '*' ARGS
-#            (scripts/test.sh's debian stage, with the packaged module). Needs target/pyenv
-#            (scripts/python-env.sh, run here; a no-op when it exists).
+#            (scripts/test.sh's deb stage, with the packaged module). Needs target/pyenv
+#            and target/django-env (scripts/python-env.sh and scripts/django-env.sh, run
+#            here; no-ops when they exist).
 #   purge    `apt-get purge -y libnginx-mod-http-rcache`; `nginx -t` passes; the module,
 #            the .conf and the modules-enabled symlink are gone.
 set -uo pipefail
@@ -183,6 +184,7 @@ failed_n=0
 if [ -z "${RCACHE_PYTHON:-}" ]; then
     "$here/scripts/python-env.sh" >/dev/null || fail "scripts/python-env.sh (target/pyenv)"
 fi
+"$here/scripts/django-env.sh" >/dev/null || fail "scripts/django-env.sh (target/django-env)"
 t0=$SECONDS
 log=$(mktemp /tmp/rcache-test-deb-suite.XXXXXX)
 say "+ RCACHE_NGINX=$nginx RCACHE_MODULE=$module cargo test --release --features vendored --no-fail-fast --test '*' ${cargo_args[*]}"

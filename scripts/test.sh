@@ -11,6 +11,10 @@
 #   deps           scripts/install-deps.sh (skipped when RCACHE_SKIP_DEPS=1)
 #   pyenv          scripts/python-env.sh: target/pyenv with pymemcache (PyPI) and pylibmc
 #                  (Debian), the clients the cluster tests write keys with
+#   django-env     scripts/django-env.sh: target/django-env with Django 4.2, pymemcache and
+#                  gunicorn (PyPI); tests/django_blog.rs runs examples/django-blog/ on it
+#                  behind nginx + rcache, in the vendored and deb stages like every
+#                  integration test
 #   build          cargo build --release --features vendored
 #                  the module as shipped (panic=abort, LTO) -> target/release/librcache.so.
 #                  `cargo test` alone does not refresh that file: it builds the library
@@ -124,6 +128,12 @@ fi
 
 # --- Python clients for the cluster tests (target/pyenv) ----------------------------------
 if ! stage pyenv "$here/scripts/python-env.sh"; then
+    summary
+    exit 1
+fi
+
+# --- Django, gunicorn and pymemcache for the Django blog's tests (target/django-env) --------
+if ! stage django-env "$here/scripts/django-env.sh"; then
     summary
     exit 1
 fi

@@ -52,6 +52,7 @@
 #![allow(dead_code)] // each test binary uses a different subset
 
 pub mod app;
+pub mod django;
 pub mod fake_memcached;
 pub mod http;
 pub mod memcached;
