@@ -312,6 +312,22 @@ fn second_view_is_a_hit_django_never_sees(mode: Mode) {
             "{:?}",
             second.header("content-type")
         );
+        if mode == Mode::NginxStores {
+            // Django's SecurityMiddleware / XFrameOptionsMiddleware headers are stored
+            // with the page: a HIT keeps the site's clickjacking and sniffing protection.
+            for name in [
+                "x-frame-options",
+                "x-content-type-options",
+                "referrer-policy",
+                "cross-origin-opener-policy",
+            ] {
+                assert!(
+                    first.header(name).is_some(),
+                    "{page}: Django sent no {name}"
+                );
+                assert_eq!(second.header(name), first.header(name), "{page}: {name}");
+            }
+        }
         assert_eq!(
             site.django.requests_for("GET", page),
             1,

@@ -1491,6 +1491,12 @@ fn kept_headers_come_back_on_a_hit_and_answer_conditional_requests() {
                 .header("Link", "</app.js>; rel=preload; as=script")
                 .header("X-Custom", "not kept")
                 .header("Expires", "Thu, 01 Jan 2037 00:00:00 GMT")
+                // What Django's SecurityMiddleware and XFrameOptionsMiddleware send.
+                .header("X-Frame-Options", "DENY")
+                .header("X-Content-Type-Options", "nosniff")
+                .header("Referrer-Policy", "same-origin")
+                .header("Cross-Origin-Opener-Policy", "same-origin")
+                .header("Content-Security-Policy", "default-src 'self'")
         }),
         "",
     );
@@ -1509,6 +1515,11 @@ fn kept_headers_come_back_on_a_hit_and_answer_conditional_requests() {
         ("Last-Modified", LAST_MODIFIED),
         ("Link", "</s.css>; rel=preload; as=style"),
         ("Link", "</app.js>; rel=preload; as=script"),
+        ("X-Frame-Options", "DENY"),
+        ("X-Content-Type-Options", "nosniff"),
+        ("Referrer-Policy", "same-origin"),
+        ("Cross-Origin-Opener-Policy", "same-origin"),
+        ("Content-Security-Policy", "default-src 'self'"),
     ]
     .iter()
     .map(|(n, v)| (n.to_string(), v.to_string()))

@@ -24,7 +24,10 @@ pub const PASS_FLAG: u32 = 1 << 25;
 
 const MAGIC: &[u8] = b"RCACHE/1\r\n";
 
-/// The response headers a stored page keeps, in the case they are written back.
+/// The response headers a stored page keeps, in the case they are written back: what
+/// makes it the same response, and the security headers frameworks send with every page
+/// (Django's SecurityMiddleware and XFrameOptionsMiddleware, Rails' defaults), whose loss
+/// would drop a site's clickjacking or sniffing protection on every HIT.
 pub const KEPT_HEADERS: &[&str] = &[
     "Location",
     "Content-Type",
@@ -34,6 +37,13 @@ pub const KEPT_HEADERS: &[&str] = &[
     "ETag",
     "Last-Modified",
     "Link",
+    "X-Frame-Options",
+    "X-Content-Type-Options",
+    "Referrer-Policy",
+    "Content-Security-Policy",
+    "Cross-Origin-Opener-Policy",
+    "Permissions-Policy",
+    "Strict-Transport-Security",
 ];
 
 /// The kept header named `name` (any case), as it is written back.
@@ -151,6 +161,7 @@ mod tests {
             (b"ETag", b"\"abc\""),
             (b"X-Injected", b"a\r\nSet-Cookie: b"),
             (b"Cache-Control", b"bad\r\nvalue"),
+            (b"x-frame-options", b"DENY"),
         ];
         let body = b"\x1f\x8b binary \r\n\r\n body";
         let mut out = Vec::new();
@@ -164,6 +175,7 @@ mod tests {
                 ("Content-Type", &b"text/html; charset=utf-8"[..]),
                 ("Content-Encoding", &b"gzip"[..]),
                 ("ETag", &b"\"abc\""[..]),
+                ("X-Frame-Options", &b"DENY"[..]),
             ]
         );
         assert_eq!(page.body, body);
