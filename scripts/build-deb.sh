@@ -9,9 +9,9 @@
 # mod-http-rcache.conf, the modules-enabled symlink and the nginx-abi-* dependency).
 #
 # Steps:
-#   1. apt: installs what the build needs (nginx, nginx-dev, debhelper, dpkg-dev, lintian,
-#      libclang-dev, ...) when something is missing; nothing is touched when all is there.
-#      As in scripts/install-deps.sh, a newly installed nginx daemon is kept from starting.
+#   1. scripts/install-deps.sh --deb: installs what the build needs (nginx, nginx-dev,
+#      debhelper, dpkg-dev, lintian, libclang-dev, ...) when something is missing; nothing
+#      is touched when all is there; a newly installed nginx daemon is kept from starting.
 #   2. Checks: debian/changelog's upstream version equals Cargo.toml's; a cargo/rustc at
 #      least as new as Cargo.toml's rust-version is on PATH (rustup).
 #   3. Copies the source (git's tracked and untracked, not ignored files) to
@@ -44,43 +44,10 @@ out=$here/target/deb
 cargo_target=$out/cargo
 
 # --- 1. build dependencies ------------------------------------------------------------------
-deps=(nginx nginx-dev build-essential debhelper dpkg-dev lintian libclang-dev libpcre2-dev libssl-dev
-    zlib1g-dev make gcc git)
-is_installed() { [ "$(dpkg-query -W -f='${db:Status-Status}' "$1" 2>/dev/null)" = installed ]; }
-missing=()
-for p in "${deps[@]}"; do is_installed "$p" || missing+=("$p"); done
-if [ ${#missing[@]} -eq 0 ]; then
-    say "[1/4] build dependencies: all ${#deps[@]} packages installed"
-else
-    say "[1/4] build dependencies: installing ${missing[*]}"
-    [ "$(id -u)" -eq 0 ] || die "must run as root to apt-get install ${missing[*]}"
-    nginx_new=0
-    is_installed nginx || nginx_new=1
-    # The packaged nginx must not start (the tests run their own): a temporary policy-rc.d
-    # answers 101, as scripts/install-deps.sh does.
-    policy=/usr/sbin/policy-rc.d
-    marker='# rcache build-deb.sh temporary policy'
-    if [ ! -e "$policy" ]; then
-        printf '#!/bin/sh\n%s: no service starts while packages install\nexit 101\n' "$marker" >"$policy"
-        chmod 755 "$policy"
-        trap 'grep -qF "$marker" "$policy" 2>/dev/null && rm -f "$policy"' EXIT
-    fi
-    export DEBIAN_FRONTEND=noninteractive
-    # apt's output goes to stderr: stdout's last line is the .deb's path.
-    apt-get update >&2
-    apt-get install -y --no-install-recommends "${missing[@]}" >&2
-    grep -qF "$marker" "$policy" 2>/dev/null && rm -f "$policy"
-    if [ $nginx_new -eq 1 ]; then
-        if [ -d /run/systemd/system ] && command -v systemctl >/dev/null; then
-            systemctl disable --now nginx >/dev/null 2>&1 || true
-        fi
-        if [ -s /run/nginx.pid ] && pid=$(cat /run/nginx.pid) && kill -0 "$pid" 2>/dev/null; then
-            say "stopping the packaged nginx (pid $pid) that the install started"
-            kill "$pid" || true
-        fi
-    fi
-    for p in "${missing[@]}"; do is_installed "$p" || die "$p still not installed"; done
-fi
+# scripts/install-deps.sh --deb: apt only for what is missing, the packaged nginx kept from
+# starting. Its output goes to stderr: stdout's last line is the .deb's path.
+say "[1/4] build dependencies: scripts/install-deps.sh --deb"
+"$here/scripts/install-deps.sh" --deb >&2 || die "scripts/install-deps.sh --deb failed"
 
 # --- 2. versions and toolchain ---------------------------------------------------------------
 toml_field() { sed -n "s/^$1 *= *\"\\(.*\\)\"/\\1/p" Cargo.toml | head -n 1; }

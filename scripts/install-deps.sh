@@ -7,6 +7,8 @@
 #   scripts/install-deps.sh --proof      # ... plus wrk and valgrind (scripts/chaos, scripts/memcheck)
 #   scripts/install-deps.sh --runtime    # only what the demo needs with a prebuilt module
 #                                        # (nginx, memcached, python3, curl; used by the Dockerfile)
+#   scripts/install-deps.sh --deb        # only what scripts/build-deb.sh needs to build the
+#                                        # Debian package (compilers, nginx + nginx-dev, debhelper, lintian)
 #   scripts/install-deps.sh --print      # print the package list and exit
 #
 # Idempotent: when every package is already installed it does not touch apt at all.
@@ -57,6 +59,7 @@ for arg in "$@"; do
         --lint) extra+=("${lint_pkgs[@]}") ;;
         --proof) extra+=("${proof_pkgs[@]}") ;;
         --runtime) profile=runtime ;;
+        --deb) profile=deb ;;
         --print) print_only=1 ;;
         -h | --help)
             sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'
@@ -71,6 +74,7 @@ done
 case $profile in
     full) want=("${build_pkgs[@]}" "${run_pkgs[@]}" "${debian_nginx_pkgs[@]}" "${test_pkgs[@]}" "${deb_pkgs[@]}") ;;
     runtime) want=(nginx "${run_pkgs[@]}") ;;
+    deb) want=("${build_pkgs[@]}" "${debian_nginx_pkgs[@]}" "${deb_pkgs[@]}") ;;
 esac
 want+=("${extra[@]}")
 # shellcheck disable=SC2206 # word splitting of the user's list is intended
